@@ -1,0 +1,140 @@
+"""The ``bert-ticket`` command line: parse, compose, validate, dispatch.
+
+Each verb takes Hydra-style overrides (``task=mrpc train.lr=2e-5 +model.config.x=1 ~key``)
+and hands the typed config to ``commands/<verb>.py:run``.  Heavy imports (torch,
+transformers) happen inside the commands so that ``--help`` and config errors are instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from bert_ticket_cli import __version__
+from bert_ticket_cli.errors import EXIT_USAGE, UserError
+
+VERBS = {
+    "prune": "Find tickets: method=imp|omp|random|earlybert|super_tickets (later releases).",
+    "rewind": "Train a ticket from its rewind point, or with no ticket fine-tune the dense model (the full-model baseline), then evaluate.",
+    "transfer": "Train a ticket found on task A on task B; with lists, the whole transfer matrix (later release).",
+    "pretrain": "MLM pre-training on a budget, and EarlyBERT pre-training (later release).",
+    "eval": "Evaluate a saved model on a task's dev splits; eval.predict_test=true writes GLUE leaderboard TSVs.",
+}
+
+EXAMPLES = {
+    "prune": "bert-ticket prune method=imp task=mrpc",
+    "rewind": "bert-ticket rewind task=mrpc model=bert-base-uncased train.lr=2e-5 seed=3",
+    "transfer": "bert-ticket transfer ticket=runs/prune/mnli/tickets/level-07 task=rte",
+    "pretrain": "bert-ticket pretrain",
+    "eval": "bert-ticket eval task=sst2 eval.checkpoint=runs/rewind/sst2-tiny-s42/model",
+    "report": "bert-ticket report where=[task=mrpc] columns=[metrics.f1]",
+}
+
+app = typer.Typer(
+    name="bert-ticket",
+    help="Experiment runner for BERT lottery tickets (IMP, EarlyBERT, super tickets) and "
+    "budget pre-training. Every verb takes Hydra overrides: key=value, +key=value, ~key.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _groups_epilog(verb: str) -> str:
+    from bert_ticket_cli.config.compose import config_groups
+
+    lines = [f"Example: {EXAMPLES[verb]}", ""]
+    if verb != "report":
+        lines.append("Config groups (choose with group=option):")
+        for group, options in config_groups().items():
+            lines.append(f"  {group}: {', '.join(options)}")
+        lines.append("")
+    lines.append("Print the composed config with --cfg; every field is documented in "
+                 "bert_ticket_cli/config/schema.py and the README.")
+    # Typer/click rewrap epilogs; \b keeps our line breaks.
+    return "\b\n" + "\n".join(lines)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def run_verb(verb: str, overrides: list[str], show_cfg: bool, debug: bool) -> int:
+    """Compose, validate and run one verb; returns the process exit status."""
+    from bert_ticket_cli.config.compose import compose, to_yaml, validate
+
+    try:
+        cfg = validate(compose(verb, overrides or []), verb)
+        if show_cfg:
+            typer.echo(to_yaml(cfg), nl=False)
+            return 0
+        import importlib
+
+        module = importlib.import_module(f"bert_ticket_cli.commands.{verb.replace('eval', 'evaluate')}")
+        status = module.run(cfg)
+        return int(status or 0)
+    except UserError as exc:
+        if debug:
+            raise
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+def _make_verb(verb: str) -> None:
+    def command(
+        overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides."),
+        cfg: bool = typer.Option(False, "--cfg", help="Print the composed config and exit."),
+        debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+        local_rank: Optional[int] = typer.Option(
+            None, "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher."
+        ),
+    ) -> None:
+        if local_rank is not None:
+            os.environ.setdefault("LOCAL_RANK", str(local_rank))
+        raise typer.Exit(run_verb(verb, list(overrides or []), cfg, debug))
+
+    help_text = VERBS.get(verb, "Index every run's summary.json under runs/ and print a table.")
+    app.command(
+        verb,
+        help=help_text,
+        epilog=_groups_epilog(verb),
+        context_settings={"ignore_unknown_options": False},
+    )(command)
+
+
+for _verb in (*VERBS, "report"):
+    _make_verb(_verb)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bert-ticket {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """bert-ticket."""
+
+
+def main() -> None:
+    # Click reports its own usage errors with exit 2 already; keep that contract.
+    try:
+        app(prog_name="bert-ticket")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

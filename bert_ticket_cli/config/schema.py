@@ -1,0 +1,179 @@
+"""Typed schema of every verb's configuration.
+
+The YAML files under ``conf/`` give the values; these dataclasses give the types and the
+documentation (each field's comment is what ``--help`` and the docs say about it).  A
+composed config is checked against them by :func:`bert_ticket_cli.config.compose.validate`,
+which reports every problem at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ModelConfig:
+    #: Short name used in run names and reports.
+    name: str = "tiny"
+    #: Hub id (``bert-base-uncased``) or a local model directory; None builds from ``config``.
+    name_or_path: Optional[str] = None
+    #: BertConfig keyword arguments for a model built from scratch, or overrides of the
+    #: loaded config (e.g. ``hidden_dropout_prob: 0.0``).
+    config: Optional[dict[str, Any]] = None
+    #: Tokenizer: hub id or local dir; None = ``name_or_path``; ``synthetic`` = the word-level
+    #: tokenizer of the generated task.
+    tokenizer: Optional[str] = None
+    #: Attention kernel: sdpa (default, fast) or eager.
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class SyntheticConfig:
+    #: Examples in the generated train / validation / test splits.
+    n_train: int = 2000
+    n_validation: int = 400
+    n_test: int = 200
+    #: Words per sentence (min, max).
+    min_len: int = 8
+    max_len: int = 24
+    #: Size of the neutral filler vocabulary.
+    vocab_size: int = 200
+
+
+@dataclass
+class TaskConfig:
+    #: Task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, squad, or synthetic.
+    name: str = "synthetic"
+    #: Local folder in the original GLUE TSV layout (train.tsv, dev.tsv, test.tsv) or SQuAD JSON.
+    data_dir: Optional[str] = None
+    #: Explicit files per split: {train: a.csv, validation: b.jsonl}.
+    data_files: Optional[dict[str, str]] = None
+    #: Hub dataset id; None = the task's default (nyu-mll/glue, rajpurkar/squad).
+    hub_dataset: Optional[str] = None
+    #: Tokens per example (longer inputs are truncated; SQuAD contexts are windowed).
+    max_seq_length: int = 128
+    #: SQuAD: overlap between context windows, in tokens.
+    doc_stride: int = 128
+    #: SQuAD: longest answer considered, in tokens.
+    max_answer_length: int = 30
+    #: Use only the first N training / evaluation examples (None = all).
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    #: The generated task (only for name=synthetic).
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class TrainConfig:
+    #: Passes over the training data (fractions allowed); ignored when max_steps is set.
+    epochs: float = 3.0
+    #: Optimizer steps to run; overrides epochs.
+    max_steps: Optional[int] = None
+    #: Global batch: examples per optimizer step over all processes and accumulation.
+    batch_size: int = 32
+    #: Examples per forward pass on one process; None = batch_size / processes.  The
+    #: difference is made up by gradient accumulation.
+    micro_batch_size: Optional[int] = None
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    #: Linear warm-up over this fraction of the steps (or warmup_steps when > 0).
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
+    #: Learning-rate schedule after warm-up: linear (to 0) or constant.
+    schedule: str = "linear"
+    #: Gradient clipping by global norm (0 = off).
+    max_grad_norm: float = 1.0
+    #: Evaluate every N optimizer steps; 0 = at the end of each epoch.
+    eval_every: int = 0
+    #: Log a line every N optimizer steps.
+    log_every: int = 10
+    #: Write a resumable checkpoint every N optimizer steps (0 = only at the end or on a signal).
+    save_every: int = 0
+    #: Checkpoints kept on disk (older ones are deleted once a newer one is complete).
+    keep_checkpoints: int = 1
+
+
+@dataclass
+class EngineConfig:
+    #: cpu, gpu, ddp or deepspeed (a label; the launcher decides the process count).
+    name: str = "cpu"
+    #: no, bf16 or fp16 (fp16 only on CUDA).
+    mixed_precision: str = "no"
+    #: Force CPU even when CUDA is present (needed for gloo DDP on CPU under torchrun).
+    cpu: bool = False
+    #: DeepSpeed config (ZeRO stage, ...); None = no DeepSpeed.
+    deepspeed: Optional[dict[str, Any]] = None
+    #: DataLoader worker processes.
+    num_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    #: Model directory to evaluate (a run's ``model/`` or any HF model dir); None = model.name_or_path.
+    checkpoint: Optional[str] = None
+    #: Splits to evaluate; empty = the task's dev splits (MNLI: matched and mismatched).
+    splits: list[str] = field(default_factory=list)
+    #: Also write GLUE test-set predictions in the leaderboard TSV format.
+    predict_test: bool = False
+    #: Evaluation batch size per process.
+    batch_size: int = 64
+
+
+@dataclass
+class RunConfig:
+    """Root schema shared by the training and evaluation verbs."""
+
+    #: Set by the CLI: which verb composed this config.
+    verb: str = "rewind"
+    seed: int = 42
+    #: Root folder of all runs.
+    output_dir: str = "runs"
+    #: Run folder name under output_dir/<verb>/; None = <task>-<model>-s<seed>.
+    run_name: Optional[str] = None
+    #: Continue an interrupted run from its last checkpoint.
+    resume: bool = False
+    #: Replace a finished run of the same name (otherwise it is reported and left alone).
+    overwrite: bool = False
+    #: Tokenized-data cache; None = ~/.cache/bert_ticket.
+    cache_dir: Optional[str] = None
+    #: Method: dense (no ticket) today; imp, omp, random, earlybert, super_tickets later.
+    method: str = "dense"
+    #: Path to a ticket directory (later releases).
+    ticket: Optional[str] = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class ReportConfig:
+    """Schema of ``bert-ticket report``."""
+
+    verb: str = "report"
+    #: Root folder searched for summary.json files.
+    output_dir: str = "runs"
+    #: Filters, each key=value on a summary field (task=mrpc, verb=rewind, method=dense).
+    where: list[str] = field(default_factory=list)
+    #: Extra summary fields shown as columns (dotted paths, e.g. metrics.f1).
+    columns: list[str] = field(default_factory=list)
+    #: Sort by this column.
+    sort: str = "run_dir"
+    #: table (rich), csv or json.
+    format: str = "table"
+
+
+#: Which schema each verb's root config follows.
+SCHEMAS: dict[str, type] = {
+    "rewind": RunConfig,
+    "eval": RunConfig,
+    "prune": RunConfig,
+    "transfer": RunConfig,
+    "pretrain": RunConfig,
+    "report": ReportConfig,
+}
