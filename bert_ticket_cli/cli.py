@@ -30,7 +30,7 @@ EXAMPLES = {
     "transfer": "bert-ticket transfer ticket=runs/prune/mnli/tickets/level-07 task=rte",
     "pretrain": "bert-ticket pretrain",
     "eval": "bert-ticket eval task=sst2 eval.checkpoint=runs/rewind/sst2-tiny-s42/model",
-    "report": "bert-ticket report where=[task=mrpc] columns=[metrics.f1]",
+    "report": "bert-ticket report task=mrpc method=dense columns=[metrics.f1] format=table",
 }
 
 app = typer.Typer(
@@ -59,6 +59,23 @@ def _groups_epilog(verb: str) -> str:
     return "\b\n" + "\n".join(lines)
 
 
+def _quiet_libraries() -> None:
+    """Library progress bars and advisories drown the run's own log lines in batch logs."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars
+    if not sys.stdout.isatty():
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("DISABLE_TQDM", "1")
+    try:
+        import torch  # noqa: F401  (cheap once the command imports it anyway)
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    except ImportError:
+        pass
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(EXIT_USAGE)
@@ -68,8 +85,17 @@ def run_verb(verb: str, overrides: list[str], show_cfg: bool, debug: bool) -> in
     """Compose, validate and run one verb; returns the process exit status."""
     from bert_ticket_cli.config.compose import compose, to_yaml, validate
 
+    _quiet_libraries()
     try:
-        cfg = validate(compose(verb, overrides or []), verb)
+        overrides = list(overrides or [])
+        filters: list[str] = []
+        if verb == "report":  # report: key=value on anything but its own settings is a filter
+            own = ("output_dir", "where", "columns", "sort", "format", "verb")
+            filters = [o for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") not in own]
+            overrides = [o for o in overrides if o not in filters]
+        cfg = validate(compose(verb, overrides), verb)
+        if filters:
+            cfg.where = list(cfg.where) + filters
         if show_cfg:
             typer.echo(to_yaml(cfg), nl=False)
             return 0

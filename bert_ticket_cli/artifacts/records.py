@@ -1,0 +1,153 @@
+"""Opening a run directory safely, and the run's record (``summary.json``).
+
+Rules (DESIGN: run directory, errors):
+
+- a finished run (``summary.json`` present) is reported and left alone, unless
+  ``overwrite=true``, which moves it aside to ``<name>.replaced-<time>`` (nothing is lost);
+- an unfinished run with checkpoints needs ``resume=true`` (continue) or ``overwrite=true``;
+- ``resume=true`` refuses a config that differs from the stored one in anything but the
+  run-control keys, so a resumed run is the same experiment;
+- the folder must be writable, checked before any work starts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from bert_ticket_cli import __version__
+from bert_ticket_cli.artifacts.paths import RunDir, atomic_write_json, atomic_write_text, run_dir
+from bert_ticket_cli.config.compose import to_yaml
+from bert_ticket_cli.errors import UserError
+
+#: Keys that may change between an interrupted run and its resumption.
+RUN_CONTROL_KEYS = {"resume", "overwrite", "engine", "cache_dir", "output_dir"}
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class OpenedRun:
+    dir: RunDir
+    finished: bool = False
+    resume_from: Path | None = None
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}
+
+
+def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    a, b = _flatten(stored), _flatten(current)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if k.split(".")[0] not in RUN_CONTROL_KEYS and a.get(k) != b.get(k)]
+
+
+def open_run(cfg: Any, *, is_main: bool = True) -> OpenedRun:
+    rd = run_dir(cfg)
+    if rd.summary.exists():
+        if not cfg.overwrite:
+            return OpenedRun(rd, finished=True)
+        if is_main:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            rd.root.rename(rd.root.with_name(f"{rd.root.name}.replaced-{stamp}"))
+    latest = rd.latest_checkpoint()
+    if latest is not None and not cfg.resume:
+        if cfg.overwrite:
+            if is_main:
+                stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+                rd.root.rename(rd.root.with_name(f"{rd.root.name}.replaced-{stamp}"))
+            latest = None
+        else:
+            raise UserError(
+                f"{rd.root} holds an unfinished run (checkpoint {latest.name}): pass resume=true to continue it, "
+                f"overwrite=true to start again, or choose another run_name="
+            )
+    if latest is not None and rd.config.exists():
+        stored = OmegaConf.to_container(OmegaConf.load(rd.config))
+        current = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
+        diff = config_differences(stored, current)  # type: ignore[arg-type]
+        if diff:
+            shown = ", ".join(f"{k} ({_flatten(stored).get(k)!r} -> {_flatten(current).get(k)!r})" for k in diff[:4])
+            raise UserError(
+                f"resume=true but the config differs from the interrupted run in {shown}: "
+                f"resume with the same settings, or pick another run_name="
+            )
+    try:
+        if is_main:
+            rd.root.mkdir(parents=True, exist_ok=True)
+            probe = rd.root / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+    except OSError as exc:
+        raise UserError(
+            f"cannot write the run folder {rd.root} ({exc.strerror or exc}): choose a writable output_dir=PATH"
+        ) from None
+    return OpenedRun(rd, resume_from=latest if cfg.resume else None)
+
+
+def write_config(rd: RunDir, cfg: Any) -> None:
+    atomic_write_text(rd.config, to_yaml(cfg))
+
+
+def read_summary(rd: RunDir) -> dict[str, Any]:
+    return json.loads(rd.summary.read_text())
+
+
+def write_summary(rd: RunDir, cfg: Any, *, metrics: dict[str, float], main_metric: str, started: str,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's record; written last and atomically, so its presence means "finished"."""
+    record: dict[str, Any] = {
+        "verb": cfg.verb,
+        "run_name": rd.root.name,
+        "run_dir": str(rd.root),
+        "status": "finished",
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "model_source": cfg.model.name_or_path,
+        "method": cfg.method,
+        "ticket": cfg.ticket,
+        "seed": cfg.seed,
+        "sparsity": 0.0,
+        "metrics": metrics,
+        "main_metric": main_metric,
+        "main_value": metrics.get(main_metric),
+        "started": started,
+        "finished": now(),
+        "version": __version__,
+        "host": platform.node(),
+        "config": OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))),
+    }
+    record.update(extra or {})
+    atomic_write_json(rd.summary, record)
+    return record
+
+
+def print_metrics_table(title: str, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    for k, v in (extra or {}).items():
+        table.add_row(f"[dim]{k}[/dim]", f"{v:.2f}" if isinstance(v, float) else str(v))
+    import sys
+
+    (Console() if sys.stdout.isatty() else Console(width=120)).print(table)

@@ -1,0 +1,12 @@
+"""``bert-ticket pretrain``: MLM pre-training. Not built yet: it says so and exits 2, never pretends."""
+
+from __future__ import annotations
+
+from bert_ticket_cli.errors import UserError
+
+
+def run(cfg) -> int:
+    raise UserError(
+        "'bert-ticket pretrain' (MLM pre-training) is not available in this version; it arrives with "
+        "the academic-budget pre-training release. Available now: rewind (dense fine-tuning), eval, report"
+    )

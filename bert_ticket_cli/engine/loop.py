@@ -1,0 +1,290 @@
+"""The one training loop every verb uses.
+
+It reads as a story: build the optimizer and schedule, maybe resume, then for each
+optimizer step run ``accumulation`` micro-batches, step, and at step boundaries log,
+evaluate, checkpoint and honour stop signals.  Methods that constrain the weights (masks,
+later) plug in through :class:`StepHooks` and never see Accelerate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+from torch.utils.data import DataLoader
+
+from bert_ticket_cli.artifacts.paths import TRAINER_STATE, RunDir, append_jsonl, atomic_write_json
+from bert_ticket_cli.config.schema import TrainConfig
+from bert_ticket_cli.engine import signals
+from bert_ticket_cli.engine.batches import EpochBatches
+from bert_ticket_cli.engine.progress import Progress
+from bert_ticket_cli.engine.setup import BatchPlan
+from bert_ticket_cli.errors import UserError
+
+
+class StepHooks(Protocol):
+    def before_step(self, model: torch.nn.Module) -> None: ...  # gradients ready, not applied
+    def after_step(self, model: torch.nn.Module) -> None: ...  # weights updated
+
+
+@dataclass
+class TrainState:
+    """Where training is; saved as JSON in every checkpoint (no pickle)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    step_in_epoch: int = 0
+    elapsed_s: float = 0.0  # training wall time, carried across resumes
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module  # as prepared by Accelerate (unwrap before saving)
+    state: TrainState
+    preempted: bool
+    steps_total: int
+    train_time_s: float
+    samples_per_s: float
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and LayerNorm weights (BERT's convention)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_schedule(optimizer, train: TrainConfig, total_steps: int):
+    warmup = train.warmup_steps or int(round(train.warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / (warmup + 1)
+        if train.schedule == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_per_epoch(n_examples: int, plan: BatchPlan) -> int:
+    steps = n_examples // plan.global_batch
+    if steps == 0:
+        raise UserError(
+            f"the training set has {n_examples} examples, fewer than one global batch "
+            f"(train.batch_size={plan.global_batch}): lower train.batch_size or add data"
+        )
+    return steps
+
+
+def total_steps(train: TrainConfig, per_epoch: int) -> int:
+    return int(train.max_steps) if train.max_steps else max(1, math.ceil(train.epochs * per_epoch))
+
+
+def _save_checkpoint(accelerator, run: RunDir, state: TrainState, scheduler, keep: int) -> None:
+    """Accelerate state into a temporary folder, our JSON state last, then one rename.
+
+    A folder without ``trainer_state.json`` is never taken for a checkpoint, so a crash in the
+    middle leaves the previous checkpoint in charge.
+    """
+    final = run.checkpoint(state.step)
+    tmp = final.with_name(f".tmp-{final.name}")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state.scheduler = scheduler.state_dict()
+        atomic_write_json(tmp / TRAINER_STATE, asdict(state))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in run.list_checkpoints()[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(accelerator, path, scheduler) -> TrainState:
+    accelerator.load_state(str(path))
+    raw = json.loads((path / TRAINER_STATE).read_text())
+    state = TrainState(**raw)
+    scheduler.load_state_dict(state.scheduler)
+    return state
+
+
+def _stop_requested(accelerator) -> bool:
+    """All ranks agree: stop if any rank got the signal."""
+    flag = torch.tensor([1.0 if signals.requested() else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+    return bool(flag.item() > 0)
+
+
+def fit(
+    *,
+    accelerator,
+    model: torch.nn.Module,
+    train_dataset,
+    collate: Callable,
+    train: TrainConfig,
+    plan: BatchPlan,
+    seed: int,
+    run: RunDir,
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None,
+    resume_from=None,
+    hooks: list[StepHooks] = (),
+    num_workers: int = 0,
+) -> FitResult:
+    per_epoch = steps_per_epoch(len(train_dataset), plan)
+    n_steps = total_steps(train, per_epoch)
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model, train.weight_decay), lr=train.lr,
+        betas=(train.adam_beta1, train.adam_beta2), eps=train.adam_eps,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Our own schedule stepping: Accelerate's wrapper would step it once per process.
+    scheduler = make_schedule(optimizer, train, n_steps)
+    state = TrainState()
+    if resume_from is not None:
+        state = _load_checkpoint(accelerator, resume_from, scheduler)
+
+    main = accelerator.is_main_process
+    progress = Progress(n_steps, state.step, enabled=main)
+    if resume_from is not None:
+        progress.line(f"resumed from {resume_from} at step {state.step}/{n_steps}")
+    signals.install()
+
+    model.train()
+    t_start = time.perf_counter() - state.elapsed_s
+    t_session = time.perf_counter()
+    samples_session = 0
+    running_loss = torch.zeros((), device=accelerator.device)
+    running_n = 0
+    preempted = False
+    done = state.step >= n_steps
+
+    while not done:
+        batches = EpochBatches(
+            len(train_dataset), seed=seed, epoch=state.epoch, global_batch=plan.global_batch,
+            micro_batch=plan.micro_batch, world_size=plan.world_size, rank=accelerator.process_index,
+            steps=per_epoch, start_step=state.step_in_epoch,
+        )
+        loader = DataLoader(train_dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
+        for batch in loader:
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    for hook in hooks:
+                        hook.before_step(model)
+                    if train.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running_loss += loss.detach().float()
+            running_n += 1
+            if not accelerator.sync_gradients:
+                continue
+
+            # ---- one optimizer step is complete ----
+            for hook in hooks:
+                hook.after_step(model)
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            state.step += 1
+            state.step_in_epoch += 1
+            samples_session += plan.global_batch
+            state.elapsed_s = time.perf_counter() - t_start
+            last = state.step >= n_steps
+
+            if state.step % train.log_every == 0 or last:
+                mean_loss = accelerator.reduce(running_loss / running_n, reduction="mean").item()
+                running_loss.zero_()
+                running_n = 0
+                if not math.isfinite(mean_loss):
+                    raise UserError(
+                        f"training loss became {mean_loss} at step {state.step} (lr {scheduler.get_last_lr()[0]:.3g}): "
+                        f"lower train.lr, raise train.warmup_ratio, or use bf16 instead of fp16; "
+                        f"checkpoints already written are kept"
+                    )
+                lr = scheduler.get_last_lr()[0]
+                record = {"event": "train", "step": state.step, "epoch": state.epoch + state.step_in_epoch / per_epoch,
+                          "loss": mean_loss, "lr": lr, "elapsed_s": round(state.elapsed_s, 3)}
+                if main:
+                    append_jsonl(run.metrics, record)
+                progress.line(f"step {state.step}/{n_steps}  loss {mean_loss:.4f}  lr {lr:.3g}")
+            progress.advance(state.step)
+
+            end_of_epoch = state.step_in_epoch >= per_epoch
+            want_eval = evaluate is not None and (
+                (train.eval_every and state.step % train.eval_every == 0)
+                or (not train.eval_every and end_of_epoch)
+                or last
+            )
+            if want_eval:
+                metrics = evaluate(model)
+                model.train()
+                record = {"event": "eval", "step": state.step, "elapsed_s": round(state.elapsed_s, 3), **metrics}
+                state.evals.append(record)
+                if main:
+                    append_jsonl(run.metrics, record)
+                progress.line("eval  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if end_of_epoch:
+                state.epoch += 1
+                state.step_in_epoch = 0
+
+            signals.fault_injection(state.step)
+            if not last and _stop_requested(accelerator):
+                _save_checkpoint(accelerator, run, state, scheduler, train.keep_checkpoints)
+                progress.line(f"stop signal: checkpoint written at step {state.step}; resume with resume=true")
+                preempted = True
+                break
+            if train.save_every and state.step % train.save_every == 0 and not last:
+                _save_checkpoint(accelerator, run, state, scheduler, train.keep_checkpoints)
+            if last:
+                done = True
+                break
+            if end_of_epoch:
+                break  # next epoch: a new permutation
+        if preempted:
+            break
+
+    progress.close()
+    session = time.perf_counter() - t_session
+    return FitResult(
+        model=model, state=state, preempted=preempted, steps_total=n_steps,
+        train_time_s=state.elapsed_s, samples_per_s=samples_session / session if session > 0 else 0.0,
+    )
+
+
+def save_model(accelerator, model: torch.nn.Module, tokenizer, dest) -> None:
+    """The trained model in plain Hugging Face format (safetensors), written by rank 0 to a
+    temporary folder and renamed, so ``dest`` is always either absent or complete."""
+    from pathlib import Path
+
+    dest = Path(dest)
+    state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards when needed
+    if accelerator.is_main_process:
+        tmp = dest.with_name(f".tmp-{dest.name}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,96 @@
+"""Create the Accelerator and the batch geometry (the only place that picks devices).
+
+The global batch ``train.batch_size`` is what one optimizer step sees, over all processes
+and accumulation steps: ``batch_size = micro_batch_size x processes x accumulation``.  Fixing
+the global batch (not the per-device one) is what makes a 1-process and an N-process run of
+the same config follow the same trajectory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from bert_ticket_cli.config.schema import EngineConfig, TrainConfig
+from bert_ticket_cli.errors import UserError
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    global_batch: int
+    micro_batch: int
+    world_size: int
+    accumulation: int
+
+
+def plan_batches(train: TrainConfig, world_size: int) -> BatchPlan:
+    micro = train.micro_batch_size or max(1, train.batch_size // world_size)
+    per_step = micro * world_size
+    if train.batch_size % per_step:
+        raise UserError(
+            f"train.batch_size={train.batch_size} is not a multiple of micro_batch_size x processes "
+            f"= {micro} x {world_size}: pick a batch_size divisible by {per_step}"
+        )
+    return BatchPlan(train.batch_size, micro, world_size, train.batch_size // per_step)
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def deepspeed_config(engine: EngineConfig, train: TrainConfig, plan: BatchPlan) -> dict[str, Any]:
+    """Fill the batch, accumulation, clipping and precision fields from our config."""
+    ds = dict(engine.deepspeed or {})
+    ds["train_batch_size"] = plan.global_batch
+    ds["train_micro_batch_size_per_gpu"] = plan.micro_batch
+    ds["gradient_accumulation_steps"] = plan.accumulation
+    ds["gradient_clipping"] = train.max_grad_norm
+    ds["bf16"] = {"enabled": engine.mixed_precision == "bf16"}
+    ds["fp16"] = {"enabled": engine.mixed_precision == "fp16", "initial_scale_power": 16}
+    ds.setdefault("zero_optimization", {"stage": 2})
+    ds.setdefault("steps_per_print", 10**9)
+    return ds
+
+
+def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan):
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+
+    use_cpu = engine.cpu or not torch.cuda.is_available()
+    mixed = engine.mixed_precision
+    if mixed == "fp16" and use_cpu:
+        raise UserError("engine.mixed_precision=fp16 needs a CUDA GPU: use bf16 (or no) on CPU")
+    kwargs: dict[str, Any] = {}
+    if engine.deepspeed is not None:
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise UserError("engine uses DeepSpeed but it is not installed: pip install 'bert-ticket[deepspeed]'") from None
+        if world_size_from_env() == 1 and "RANK" not in os.environ:
+            # DeepSpeed needs a process group even for one process; make the launcher's env.
+            os.environ.setdefault("RANK", "0")
+            os.environ.setdefault("LOCAL_RANK", "0")
+            os.environ.setdefault("WORLD_SIZE", "1")
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=deepspeed_config(engine, train, plan))
+    return Accelerator(
+        cpu=use_cpu,
+        mixed_precision=mixed,
+        gradient_accumulation_steps=plan.accumulation,
+        step_scheduler_with_optimizer=False,
+        **kwargs,
+    )
+
+
+def shutdown(accelerator) -> None:
+    """Tear the process group down explicitly (DeepSpeed runs abort at exit otherwise)."""
+    import torch.distributed as dist
+
+    try:
+        accelerator.wait_for_everyone()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

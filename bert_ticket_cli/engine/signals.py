@@ -1,0 +1,42 @@
+"""SIGTERM / SIGUSR1 -> checkpoint at the next step boundary, then exit 75 (requeue me).
+
+Slurm sends SIGTERM at pre-emption and ``--signal=USR1@120`` before the time limit.  The
+handler only sets a flag; the loop checks it after each optimizer step (agreeing across
+ranks), writes a checkpoint and returns, and the CLI exits with ``EXIT_PREEMPTED``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+_STOP = {"signal": None}
+
+
+def _handler(signum: int, _frame: Any) -> None:
+    _STOP["signal"] = signum
+
+
+def install() -> None:
+    _STOP["signal"] = None
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, _handler)
+
+
+def requested() -> int | None:
+    return _STOP["signal"]
+
+
+def fault_injection(step: int) -> None:
+    """Test hook: ``BERT_TICKET_FAULT_AT_STEP=N:KILL|TERM`` kills this process after step N.
+
+    KILL simulates a crash (no chance to save: resume from the last periodic checkpoint);
+    TERM simulates a Slurm pre-emption (graceful checkpoint, exit 75).
+    """
+    spec = os.environ.get("BERT_TICKET_FAULT_AT_STEP")
+    if not spec:
+        return
+    at, _, how = spec.partition(":")
+    if int(at) == step and int(os.environ.get("RANK", "0")) == 0:
+        os.kill(os.getpid(), signal.SIGKILL if how.upper() == "KILL" else signal.SIGTERM)

@@ -1,0 +1,102 @@
+"""Build or load the model and tokenizer a run needs.
+
+Three sources, one code path: a hub id (``google-bert/bert-base-uncased``), a local model
+directory (any ``save_pretrained`` output, e.g. a run's ``model/`` folder), or a BertConfig
+given in the config (tiny test models).  Loading problems that the user can fix (missing
+directory, hub unreachable offline) become one-line :class:`UserError` s.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bert_ticket_cli.config.schema import ModelConfig, TaskConfig
+from bert_ticket_cli.errors import UserError
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", "0"
+    ) not in ("0", "", "false", "False")
+
+
+def _check_source(path_or_id: str, what: str) -> None:
+    """Fail fast and clearly for a path that looks local but is not there."""
+    looks_local = path_or_id.startswith((".", "/", "~")) or os.sep in path_or_id.strip("/").split("/", 1)[-1]
+    p = Path(path_or_id).expanduser()
+    if p.exists():
+        if p.is_dir() and not (p / "config.json").exists() and what == "model":
+            raise UserError(f"{p} has no config.json: point model.name_or_path at a saved model directory")
+        return
+    if looks_local or path_or_id.count("/") > 1:
+        raise UserError(f"{what} directory {path_or_id} does not exist: check model.name_or_path")
+
+
+def _wrap_load_error(exc: Exception, source: str, what: str) -> UserError:
+    if _offline():
+        return UserError(
+            f"{what} '{source}' is not available offline (HF_HUB_OFFLINE=1) and not in the local cache: "
+            f"pass model.name_or_path=/path/to/local/model_dir, or unset HF_HUB_OFFLINE"
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(f"cannot load {what} '{source}': {first}")
+
+
+def load_tokenizer(model: ModelConfig, task: TaskConfig):
+    """The tokenizer for ``model`` (``synthetic`` = the generated task's word-level one)."""
+    name = model.tokenizer or model.name_or_path
+    if name == "synthetic" or (name is None and task.name == "synthetic"):
+        from bert_ticket_cli.data.synthetic import build_tokenizer
+
+        return build_tokenizer(task.synthetic)
+    if name is None:
+        raise UserError("no tokenizer: set model.tokenizer=HUB_ID_OR_DIR for a model built from config")
+    from transformers import AutoTokenizer
+
+    _check_source(name, "tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(name, use_fast=True)
+    except (OSError, ValueError) as exc:
+        raise _wrap_load_error(exc, name, "tokenizer") from None
+
+
+def _model_class(kind: str):
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    return AutoModelForQuestionAnswering if kind == "qa" else AutoModelForSequenceClassification
+
+
+def build_model(model: ModelConfig, *, kind: str, num_labels: int, vocab_size: int | None = None,
+                source: str | None = None):
+    """A task model: sequence classification/regression, or span extraction for ``qa``.
+
+    ``source`` (a model directory) overrides ``model.name_or_path``: ``eval`` uses it to load
+    a trained checkpoint.  Config overrides in ``model.config`` apply either way.
+    """
+    from transformers import AutoConfig, BertConfig
+
+    overrides: dict[str, Any] = dict(model.config or {})
+    path = source or model.name_or_path
+    extra: dict[str, Any] = {}
+    if kind != "qa":
+        extra["num_labels"] = num_labels
+        extra["problem_type"] = "regression" if kind == "regression" else "single_label_classification"
+    if path is None:
+        if vocab_size is not None:
+            overrides.setdefault("vocab_size", vocab_size)
+        try:
+            config = BertConfig(**overrides, **extra)
+        except TypeError as exc:
+            raise UserError(f"bad model.config: {exc}") from None
+        config._attn_implementation = model.attn_implementation
+        return _model_class(kind).from_config(config, attn_implementation=model.attn_implementation)
+    _check_source(path, "model")
+    try:
+        config = AutoConfig.from_pretrained(path, **overrides, **extra)
+        return _model_class(kind).from_pretrained(
+            path, config=config, attn_implementation=model.attn_implementation
+        )
+    except (OSError, ValueError) as exc:
+        raise _wrap_load_error(exc, path, "model") from None
