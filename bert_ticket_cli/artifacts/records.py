@@ -5,6 +5,8 @@ Rules (DESIGN: run directory, errors):
 - a finished run (``summary.json`` present) is reported and left alone, unless
   ``overwrite=true``, which moves it aside to ``<name>.replaced-<time>`` (nothing is lost);
 - an unfinished run with checkpoints needs ``resume=true`` (continue) or ``overwrite=true``;
+- nothing on disk changes until every input (data, tokenizer, model) has loaded, so a run
+  that fails on bad input leaves any earlier run exactly as it was;
 - ``resume=true`` refuses a config that differs from the stored one in anything but the
   run-control keys, so a resumed run is the same experiment;
 - the folder must be writable, checked before any work starts.
@@ -40,6 +42,8 @@ class OpenedRun:
     dir: RunDir
     finished: bool = False
     resume_from: Path | None = None
+    #: An old run to move aside (overwrite=true) once the new one's inputs have loaded.
+    replace: bool = False
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -57,26 +61,30 @@ def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[
     return [k for k in keys if k.split(".")[0] not in RUN_CONTROL_KEYS and a.get(k) != b.get(k)]
 
 
+def _check_writable(path: Path) -> None:
+    """The nearest existing ancestor of ``path`` must be writable (nothing is created here)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the run folder {path} ({probe} is not a writable folder): "
+                        f"choose a writable output_dir=PATH")
+
+
 def open_run(cfg: Any, *, is_main: bool = True) -> OpenedRun:
+    """Decide what to do with the run folder; changes nothing on disk (see :func:`commit_run`)."""
     rd = run_dir(cfg)
-    if rd.summary.exists():
-        if not cfg.overwrite:
-            return OpenedRun(rd, finished=True)
-        if is_main:
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            rd.root.rename(rd.root.with_name(f"{rd.root.name}.replaced-{stamp}"))
+    if rd.summary.exists() and not cfg.overwrite:
+        return OpenedRun(rd, finished=True)
     latest = rd.latest_checkpoint()
-    if latest is not None and not cfg.resume:
-        if cfg.overwrite:
-            if is_main:
-                stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-                rd.root.rename(rd.root.with_name(f"{rd.root.name}.replaced-{stamp}"))
-            latest = None
-        else:
-            raise UserError(
-                f"{rd.root} holds an unfinished run (checkpoint {latest.name}): pass resume=true to continue it, "
-                f"overwrite=true to start again, or choose another run_name="
-            )
+    replace = rd.summary.exists() or (latest is not None and cfg.overwrite and not cfg.resume)
+    if latest is not None and not cfg.resume and not cfg.overwrite:
+        raise UserError(
+            f"{rd.root} holds an unfinished run (checkpoint {latest.name}): pass resume=true to continue it, "
+            f"overwrite=true to start again, or choose another run_name="
+        )
+    if replace:
+        latest = None
     if latest is not None and rd.config.exists():
         stored = OmegaConf.to_container(OmegaConf.load(rd.config))
         current = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
@@ -87,17 +95,25 @@ def open_run(cfg: Any, *, is_main: bool = True) -> OpenedRun:
                 f"resume=true but the config differs from the interrupted run in {shown}: "
                 f"resume with the same settings, or pick another run_name="
             )
+    _check_writable(rd.root)
+    return OpenedRun(rd, resume_from=latest if cfg.resume else None, replace=replace)
+
+
+def commit_run(opened: OpenedRun, cfg: Any, *, is_main: bool = True) -> None:
+    """Called once every input has loaded: move a replaced run aside, create the folder,
+    store the resolved config.  A run that fails before this point has written nothing."""
+    if not is_main:
+        return
+    rd = opened.dir
     try:
-        if is_main:
-            rd.root.mkdir(parents=True, exist_ok=True)
-            probe = rd.root / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
+        if opened.replace and rd.root.exists():
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            rd.root.rename(rd.root.with_name(f"{rd.root.name}.replaced-{stamp}"))
+        rd.root.mkdir(parents=True, exist_ok=True)
+        write_config(rd, cfg)
     except OSError as exc:
-        raise UserError(
-            f"cannot write the run folder {rd.root} ({exc.strerror or exc}): choose a writable output_dir=PATH"
-        ) from None
-    return OpenedRun(rd, resume_from=latest if cfg.resume else None)
+        raise UserError(f"cannot write the run folder {rd.root} ({exc.strerror or exc}): "
+                        f"choose a writable output_dir=PATH") from None
 
 
 def write_config(rd: RunDir, cfg: Any) -> None:

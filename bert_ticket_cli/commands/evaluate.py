@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bert_ticket_cli.artifacts.paths import append_jsonl, run_dir
-from bert_ticket_cli.artifacts.records import now, print_metrics_table, write_config, write_summary
+from bert_ticket_cli.artifacts.records import OpenedRun, commit_run, now, print_metrics_table, write_summary
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
 
@@ -54,12 +54,7 @@ def run(cfg: RunConfig) -> int:
                                   test=cfg.eval.predict_test)
         model = build_model(cfg.model, kind=info.kind, num_labels=info.num_labels, source=source)
         model = accelerator.prepare(model)
-        try:
-            rd.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot write the run folder {rd.root} ({exc.strerror}): choose a writable output_dir=PATH") from None
-        if main:
-            write_config(rd, cfg)
+        commit_run(OpenedRun(rd), cfg, is_main=main)
 
         metrics: dict[str, float] = {}
         several = len(data.evals) > 1

@@ -7,7 +7,7 @@ against.  Reads top to bottom: setup -> data and model -> train -> save.
 from __future__ import annotations
 
 from bert_ticket_cli.artifacts.records import (
-    now, open_run, print_metrics_table, read_summary, write_config, write_summary,
+    commit_run, now, open_run, print_metrics_table, read_summary, write_summary,
 )
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import EXIT_PREEMPTED, UserError
@@ -49,8 +49,9 @@ def run(cfg: RunConfig) -> int:
             data = load_task_data(cfg, tokenizer, train=True)
         model = build_model(cfg.model, kind=data.info.kind, num_labels=data.info.num_labels,
                             vocab_size=len(tokenizer))
+        commit_run(opened, cfg, is_main=main)
+        accelerator.wait_for_everyone()
         if main:
-            write_config(opened.dir, cfg)
             n_params = sum(p.numel() for p in model.parameters())
             print(f"run {opened.dir.root}: {data.info.name}, {len(data.train)} train examples, "
                   f"model {cfg.model.name} ({n_params / 1e6:.2f}M params), {accelerator.num_processes} process(es), "

@@ -280,7 +280,7 @@ def parse_label(task: TaskInfo, value: Any) -> int | float:
         text = value.strip()
         if text in names:
             return names.index(text)
-        if text.lstrip("-").isdigit():
+        if text.lstrip("-").isascii() and text.lstrip("-").isdigit():
             value = int(text)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -300,6 +300,16 @@ def _load_glue_dir(task: TaskInfo, data_dir: str, splits: Sequence[str]) -> Data
     folder_name = GLUE_DIRS[task.name]
     task_dir = resolve_task_dir(data_dir, folder_name, list(files.values()))
     layout = "/".join(files.values())
+    # Every GLUE folder has a train.tsv: catch e.g. task cola pointed at the SST-2 folder.
+    other = next(
+        (d for name, d in GLUE_DIRS.items() if name != task.name and _folder_key(d) == _folder_key(task_dir.name)),
+        None,
+    )
+    if other is not None:
+        raise UserError(
+            f"data_dir {task_dir} is the GLUE {other} folder, not {folder_name}; point task.data_dir "
+            f"at the {folder_name} folder or at the GLUE root that holds it"
+        )
     if splits:
         wanted = list(splits)
         for split in wanted:

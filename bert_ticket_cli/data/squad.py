@@ -162,7 +162,7 @@ def _field(path: Path, where: str, obj: Any, key: str, kind: Any, hint: str, def
 def squad_references(examples: Dataset) -> dict[str, list[str]]:
     """Example id -> gold answer texts, the ``references`` argument of squad_metrics."""
     plain = examples.with_format(None)
-    return {qid: list(ans["text"]) for qid, ans in zip(plain["id"], plain["answers"])}
+    return {qid: list(ans["text"]) for qid, ans in zip(plain["id"][:], plain["answers"][:])}
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,6 +192,18 @@ def _windows(tokenizer: Any, batch: dict[str, list], max_seq_length: int, doc_st
     """Question + overlapping context windows, padded to max_seq_length."""
     # Some SQuAD questions start with long runs of spaces that only waste window room.
     questions = [q.lstrip() for q in batch["question"]]
+    # The Rust tokenizer panics (an uncatchable-looking BaseException plus a backtrace on
+    # stderr) when the stride does not fit next to the question, so check that first.
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    question_ids = tokenizer(questions, add_special_tokens=False)["input_ids"]
+    for qid, ids in zip(batch["id"], question_ids):
+        room = max_seq_length - specials - len(ids)
+        if room <= doc_stride:
+            raise UserError(
+                f"SQuAD question {qid!r} takes {len(ids)} tokens, leaving {max(room, 0)} of "
+                f"max_seq_length={max_seq_length} for the context, not more than doc_stride={doc_stride}; "
+                "use a larger max_seq_length or a smaller doc_stride"
+            )
     try:
         return tokenizer(
             questions,
@@ -203,14 +215,18 @@ def _windows(tokenizer: Any, batch: dict[str, list], max_seq_length: int, doc_st
             return_offsets_mapping=True,
             padding="max_length",
         )
-    except Exception as exc:  # noqa: BLE001 - the tokenizer's errors are about these limits
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - also pyo3 panics; all are about these limits
         raise UserError(
             f"cannot split SQuAD examples into windows of max_seq_length={max_seq_length} with "
             f"doc_stride={doc_stride} ({one_line(exc)}); use a larger max_seq_length or a smaller doc_stride"
         ) from None
 
 
-def _answer_tokens(offsets: Sequence[Sequence[int]], sequence_ids: Sequence[int | None], answers: dict) -> tuple[int, int]:
+def _answer_tokens(
+    offsets: Sequence[Sequence[int]], sequence_ids: Sequence[int | None], answers: dict
+) -> tuple[int, int]:
     """Token span of the first gold answer in this window, or (0, 0) (CLS) when it is not inside."""
     if not answers["text"]:
         return 0, 0
@@ -320,15 +336,16 @@ def postprocess_squad(
         )
     if start_logits.shape[0] != len(features):
         raise ValueError(f"got logits for {start_logits.shape[0]} features but there are {len(features)}")
+    # Whole columns as lists ([:]): row-by-row access to a Dataset column is much slower.
     plain_examples = examples.with_format(None)
     plain_features = features.with_format(None)
     windows: dict[str, list[int]] = defaultdict(list)
-    for row, example_id in enumerate(plain_features["example_id"]):
+    for row, example_id in enumerate(plain_features["example_id"][:]):
         windows[example_id].append(row)
-    all_offsets = plain_features["offset_mapping"]
+    all_offsets = plain_features["offset_mapping"][:]
 
     answers: dict[str, str] = {}
-    for example_id, context in zip(plain_examples["id"], plain_examples["context"]):
+    for example_id, context in zip(plain_examples["id"][:], plain_examples["context"][:]):
         best_score, best_span = -np.inf, None
         for row in windows.get(str(example_id), []):
             offsets = all_offsets[row]

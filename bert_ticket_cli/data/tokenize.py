@@ -17,15 +17,16 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
-import torch
 from datasets import Dataset, Features, List, Value
-from transformers import DataCollatorWithPadding
 
 from bert_ticket_cli.data.tasks import TaskInfo
 from bert_ticket_cli.errors import UserError
+
+if TYPE_CHECKING:  # torch/transformers are imported lazily: they double the import time
+    import torch
 
 #: Bump whenever a change here changes the tokenized output for the same inputs.
 CODE_VERSION = "tokenize-1"
@@ -117,6 +118,8 @@ def cached_map(
     result = run()
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{key}.", dir=root))
     try:
+        # mkdtemp makes the folder private (0700); a shared cache should follow the umask.
+        os.chmod(tmp, 0o777 & ~_umask())
         result.save_to_disk(str(tmp))
         try:
             os.rename(tmp, target)
@@ -127,6 +130,12 @@ def cached_map(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _load_entry(target, key)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _load_entry(target: Path, key: str) -> Dataset:
@@ -193,6 +202,8 @@ class ClassificationCollator:
     """Pads a batch to its longest sequence; a class (not a closure) so DataLoader workers can pickle it."""
 
     def __init__(self, tokenizer: Any):
+        from transformers import DataCollatorWithPadding
+
         self.pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,126 @@
+"""Pure parts of the engine and the run records: batch order, batch plans, schedule, records, index."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bert_ticket_cli.artifacts.index import build_index, query
+from bert_ticket_cli.artifacts.paths import RunDir, atomic_write_json
+from bert_ticket_cli.artifacts.records import config_differences
+from bert_ticket_cli.config.schema import TrainConfig
+from bert_ticket_cli.engine.batches import EpochBatches
+from bert_ticket_cli.engine.loop import make_schedule, param_groups, steps_per_epoch, total_steps
+from bert_ticket_cli.engine.setup import plan_batches
+from bert_ticket_cli.errors import UserError
+
+
+def _step_sets(world: int, micro: int, n=100, B=16, steps=6, start=0):
+    """Examples seen in each optimizer step, over all ranks."""
+    per_rank = [list(EpochBatches(n, seed=1, epoch=2, global_batch=B, micro_batch=micro, world_size=world, rank=r,
+                                  steps=steps, start_step=start)) for r in range(world)]
+    accum = B // (micro * world)
+    out = []
+    for s in range(steps - start):
+        seen = []
+        for r in range(world):
+            for a in range(accum):
+                seen += per_rank[r][s * accum + a]
+        out.append(sorted(seen))
+    return out
+
+
+def test_each_step_sees_the_same_examples_whatever_the_process_count():
+    ref = _step_sets(1, 16)
+    assert _step_sets(2, 8) == ref == _step_sets(4, 2) == _step_sets(1, 4)
+    flat = [i for s in ref for i in s]
+    assert len(flat) == len(set(flat)) == 96  # no example twice within an epoch
+
+
+def test_resuming_mid_epoch_continues_the_same_order():
+    assert _step_sets(2, 4, start=3) == _step_sets(2, 4)[3:]
+
+
+def test_epochs_are_different_permutations():
+    a = list(EpochBatches(50, seed=0, epoch=0, global_batch=10, micro_batch=10, world_size=1, rank=0, steps=5))
+    b = list(EpochBatches(50, seed=0, epoch=1, global_batch=10, micro_batch=10, world_size=1, rank=0, steps=5))
+    assert a != b and sorted(sum(a, [])) == sorted(sum(b, [])) == list(range(50))
+
+
+def test_batch_plan():
+    p = plan_batches(TrainConfig(batch_size=32, micro_batch_size=4), world_size=2)
+    assert (p.micro_batch, p.accumulation) == (4, 4)
+    assert plan_batches(TrainConfig(batch_size=32), world_size=4).micro_batch == 8
+    with pytest.raises(UserError, match="multiple"):
+        plan_batches(TrainConfig(batch_size=30, micro_batch_size=4), world_size=2)
+
+
+def test_steps_and_too_small_data():
+    plan = plan_batches(TrainConfig(batch_size=32), 1)
+    assert steps_per_epoch(100, plan) == 3
+    assert total_steps(TrainConfig(epochs=2.5), 10) == 25 and total_steps(TrainConfig(max_steps=7), 10) == 7
+    with pytest.raises(UserError, match="fewer than one global batch"):
+        steps_per_epoch(31, plan)
+
+
+def test_linear_schedule_with_warmup_reaches_zero():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_schedule(opt, TrainConfig(warmup_steps=4, lr=1.0), total_steps=20)
+    lrs = []
+    for _ in range(20):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.2) and lrs[3] == pytest.approx(0.8) and lrs[4] == pytest.approx(1.0)
+    assert np.all(np.diff(lrs[4:]) < 0) and sched.get_last_lr()[0] == 0.0
+
+
+def test_no_weight_decay_on_bias_and_layernorm():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    m = BertForSequenceClassification(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                 intermediate_size=32, vocab_size=50))
+    decay, no_decay = param_groups(m, 0.01)
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert all("bias" in names[id(p)] or "LayerNorm" in names[id(p)] for p in no_decay["params"])
+    assert all(p.ndim == 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
+
+
+def test_config_differences_ignore_run_control_keys():
+    a = {"seed": 1, "resume": False, "train": {"lr": 1.0}, "engine": {"name": "cpu"}}
+    b = {"seed": 1, "resume": True, "train": {"lr": 2.0}, "engine": {"name": "ddp"}}
+    assert config_differences(a, b) == ["train.lr"]
+
+
+def test_checkpoint_listing_ignores_incomplete_folders(tmp_path):
+    rd = RunDir(tmp_path)
+    (rd.checkpoint(10)).mkdir(parents=True)
+    atomic_write_json(rd.checkpoint(10) / "trainer_state.json", {})
+    (rd.checkpoint(20)).mkdir()  # crashed while writing: no trainer_state.json
+    (rd.checkpoints / ".tmp-step-00000030").mkdir()
+    assert rd.latest_checkpoint() == rd.checkpoint(10)
+
+
+def _summary(root, name, **kw):
+    d = root / "rewind" / name
+    d.mkdir(parents=True)
+    rec = {"verb": "rewind", "run_name": name, "task": "mrpc", "seed": 1, "metrics": {"f1": 0.8}, **kw}
+    (d / "summary.json").write_text(json.dumps(rec))
+
+
+def test_index_rebuild_and_filters(tmp_path):
+    _summary(tmp_path, "a", seed=1)
+    _summary(tmp_path, "b", seed=2, task="rte", metrics={"accuracy": 0.6})
+    (tmp_path / "rewind" / "broken").mkdir()
+    (tmp_path / "rewind" / "broken" / "summary.json").write_text("{half")  # being written: skipped
+    index = build_index(tmp_path)
+    assert {r["run_name"] for r in query(index, [])} == {"a", "b"}
+    assert [r["run_name"] for r in query(index, ["task=rte"])] == ["b"]
+    assert [r["run_name"] for r in query(index, ["seed=1", "metrics.f1=0.8"])] == ["a"]
+    _summary(tmp_path, "c")
+    assert len(query(build_index(tmp_path), [])) == 3  # rebuilt, not appended
+    with pytest.raises(UserError):
+        query(index, ["nonsense"])
