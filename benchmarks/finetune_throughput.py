@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 _common.set_offline()
+_common.passive_openmp()  # before torch: see there (steady numbers on a shared machine)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -350,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     attn_base = base.model.config._attn_implementation
 
     load = _common.machine_info()["load_avg_1m"]
-    if load is not None and torch.get_num_threads() > 1 and load > (os.cpu_count() or 1):
+    if (load is not None and torch.get_num_threads() > 1 and load > (os.cpu_count() or 1)
+            and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"):
         _common.log(f"[{BENCHMARK}] note: load average {load} exceeds the {os.cpu_count()} CPUs and torch uses "
                     f"{torch.get_num_threads()} threads: parallel kernels wait on descheduled threads and the "
                     f"rounds will scatter; --threads 1 gives steadier numbers on a busy machine")

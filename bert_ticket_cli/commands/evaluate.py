@@ -8,6 +8,7 @@ record replaces ``summary.json`` and ``metrics.jsonl`` keeps the history.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from bert_ticket_cli.artifacts.paths import append_jsonl, run_dir
@@ -40,8 +41,10 @@ def run(cfg: RunConfig) -> int:
     # A saved run folder carries its tokenizer; otherwise use the model config's one.
     tok_source = source if (Path(source) / "tokenizer_config.json").exists() else None
     model_cfg = cfg.model
-    if tok_source:
-        model_cfg = type(cfg.model)(**{**vars(cfg.model), "tokenizer": tok_source})
+    if cfg.eval.checkpoint:
+        # The checkpoint defines the architecture: the model group's config overrides (e.g. the
+        # default tiny model's sizes) must not be applied on top of it.
+        model_cfg = replace(cfg.model, config=None, name_or_path=source, tokenizer=tok_source or cfg.model.tokenizer)
 
     plan = plan_batches(cfg.train, world_size_from_env())
     accelerator = make_accelerator(cfg.engine, cfg.train, plan)
@@ -52,7 +55,7 @@ def run(cfg: RunConfig) -> int:
         with accelerator.main_process_first():
             data = load_task_data(cfg, tokenizer, train=False, eval_splits=list(cfg.eval.splits) or None,
                                   test=cfg.eval.predict_test)
-        model = build_model(cfg.model, kind=info.kind, num_labels=info.num_labels, source=source)
+        model = build_model(model_cfg, kind=info.kind, num_labels=info.num_labels, source=source)
         model = accelerator.prepare(model)
         commit_run(OpenedRun(rd), cfg, is_main=main)
 

@@ -100,3 +100,10 @@ def build_model(model: ModelConfig, *, kind: str, num_labels: int, vocab_size: i
         )
     except (OSError, ValueError) as exc:
         raise _wrap_load_error(exc, path, "model") from None
+    except RuntimeError as exc:
+        if "mismatched" not in str(exc):
+            raise
+        raise UserError(
+            f"the weights in {path} do not fit the model config (sizes differ; model.config={overrides or {}}): "
+            f"drop the size overrides from model.config, or check that num_labels matches the task"
+        ) from None
