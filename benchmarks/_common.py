@@ -111,7 +111,18 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _strict(value: Any) -> Any:
+    """NaN / inf -> None, recursively (json.dumps would write NaN, which is not JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def emit_json(record: dict[str, Any]) -> None:
     """The machine-readable result: exactly one line, the last one on stdout."""
     sys.stdout.flush()
-    print(json.dumps(record, sort_keys=False, default=float), flush=True)
+    print(json.dumps(_strict(record), allow_nan=False, default=float), flush=True)

@@ -14,10 +14,14 @@ Both sides start every round from the same weights (one state dict), see the sam
 ``DataLoader`` with the same collate, and use the same optimizer settings: weight decay 0,
 constant learning rate, no clipping (``--max-grad-norm`` turns clipping on for both), and
 dropout 0.  The only intended difference in the arithmetic is the attention kernel, so the
-losses agree to ~1e-4 (``loss_gap``): that shows both sides do the same work.
+losses agree to well under 1e-4 (``loss_gap``; ~1e-7 observed, weights ``weight_gap`` ~1e-6):
+that shows both sides do the same work.
 
 The machine may be shared (2 cores here, maybe a neighbour process), so the sides alternate
-for ``--rounds`` rounds and the median steps/s of each is reported.
+for ``--rounds`` rounds and the median steps/s of each is reported.  OpenMP threads are set
+to sleep rather than spin while idle (``OMP_WAIT_POLICY=PASSIVE`` unless already exported;
+see ``_common.passive_openmp``): with spinning threads on a busy 2-core box, rounds
+scattered by 10x and no comparison was possible.
 
 Output: a table, then as the last line of stdout one JSON object::
 
@@ -26,7 +30,7 @@ Output: a table, then as the last line of stdout one JSON object::
 ``speedup`` = our steps/s / baseline steps/s.  Run::
 
     .venv/bin/python benchmarks/finetune_throughput.py --quick     # well under a minute
-    .venv/bin/python benchmarks/finetune_throughput.py             # BERT-small-ish, a few minutes on 2 cores
+    .venv/bin/python benchmarks/finetune_throughput.py             # BERT-small-ish, ~1 minute on 2 cores
     .venv/bin/python benchmarks/finetune_throughput.py --layers 12 --hidden 768 --heads 12 \\
         --intermediate 3072 --seq 128 --batch 32 --steps 30          # BERT-base, bigger machines
 """
@@ -215,7 +219,8 @@ class StepClock:
 
 
 class Ours:
-    """``fit`` exactly as ``bert-ticket rewind`` calls it, minus evaluation and checkpoints."""
+    """``fit`` as ``bert-ticket rewind`` calls it, minus evaluation and checkpoints, plus a
+    StepClock hook (through the ``hooks`` argument every method plugs into)."""
 
     def __init__(self, size: Size, dataset, collate, init: dict, seed: int, max_grad_norm: float):
         from bert_ticket_cli.engine.setup import plan_batches
@@ -285,10 +290,20 @@ class Baseline:
         self.losses: list[float] = []
         self.ends: list[float] = []  # perf_counter at the end of each step of the last run
 
-    def _steps(self, optimizer, index_batches) -> None:
+    def run(self, warmup: int, steps: int) -> tuple[float, list[float]]:
+        """From the initial weights, ``warmup + steps`` steps in one loop.
+
+        Returns the seconds from the end of step ``warmup`` to the end of the last step (the
+        same window StepClock gives for fit) and each of those steps' durations.
+        """
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(self.dataset, batch_sampler=index_batches, collate_fn=self.collate)
+        self.model.load_state_dict(self.init)
+        self.model.train()
+        self.losses, self.ends = [], []
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=0.0)
+        loader = DataLoader(self.dataset, batch_sampler=self.index_batches[:warmup + steps],
+                            collate_fn=self.collate)
         for batch in loader:
             loss = self.model(**batch).loss
             loss.backward()
@@ -298,21 +313,10 @@ class Baseline:
             optimizer.zero_grad()
             self.losses.append(loss.item())  # .item() as fit's logging does at log steps; ~free on CPU
             self.ends.append(_common.now())
-
-    def run(self, warmup: int, steps: int) -> tuple[float, list[float]]:
-        """From the initial weights: ``warmup`` untimed steps, then ``steps`` timed ones.
-
-        Returns their seconds and each timed step's duration."""
-        self.model.load_state_dict(self.init)
-        self.model.train()
-        self.losses, self.ends = [], []
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=0.0)
-        self._steps(optimizer, self.index_batches[:warmup])
-        t0 = _common.now()
-        self._steps(optimizer, self.index_batches[warmup:warmup + steps])
-        seconds = _common.now() - t0
-        durations = np.diff([t0, *self.ends[warmup:]]).tolist()
-        del optimizer
+        assert len(self.ends) == warmup + steps
+        seconds = self.ends[-1] - self.ends[warmup - 1]
+        durations = np.diff(self.ends[warmup - 1:]).tolist()
+        del optimizer, loader
         gc.collect()
         return seconds, durations
 
@@ -354,8 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     if (load is not None and torch.get_num_threads() > 1 and load > (os.cpu_count() or 1)
             and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"):
         _common.log(f"[{BENCHMARK}] note: load average {load} exceeds the {os.cpu_count()} CPUs and torch uses "
-                    f"{torch.get_num_threads()} threads: parallel kernels wait on descheduled threads and the "
-                    f"rounds will scatter; --threads 1 gives steadier numbers on a busy machine")
+                    f"{torch.get_num_threads()} spinning OpenMP threads: parallel kernels wait on descheduled "
+                    f"threads and the rounds will scatter; unset OMP_WAIT_POLICY (PASSIVE is this script's "
+                    f"default) or pass --threads 1 for steady numbers on a busy machine")
     _common.log(f"[{BENCHMARK}] {'quick' if args.quick else 'default'} size: {size}; "
                 f"{n_params / 1e6:.2f}M params; torch threads {torch.get_num_threads()}")
 
@@ -373,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     # t(N2) < t(N1), i.e. a negative time.  (Subtracting a separately measured "0-step" setup
     # is not possible: fit reads max_steps=0 as "unset" and trains whole epochs, and it would
     # leave the first step's optimizer-state allocation in the timed window.)  The baseline
-    # runs the same N2 steps on the same batches from the same weights and times the last
-    # `steps` of them, so both sides time the same window of the same trajectory.
+    # runs the same N2 steps on the same batches from the same weights in one loop and times
+    # from the end of step N1 to the end of step N2: the same window of the same trajectory.
     probe_gaps: list[float] = []
     train_gaps: list[float] = []
     finals: dict[str, float] = {}
