@@ -54,7 +54,8 @@ def run(cfg: RunConfig) -> int:
         if main:
             n_params = sum(p.numel() for p in model.parameters())
             print(f"run {opened.dir.root}: {data.info.name}, {len(data.train)} train examples, "
-                  f"model {cfg.model.name} ({n_params / 1e6:.2f}M params), {accelerator.num_processes} process(es), "
+                  f"model {cfg.model.name} ({n_params / 1e6:.2f}M params), {accelerator.num_processes} process(es) "
+                  f"[{accelerator.distributed_type.value.lower()}, {accelerator.device.type}], "
                   f"batch {plan.global_batch} = {plan.micro_batch} x {plan.world_size} x {plan.accumulation}", flush=True)
 
         # ---- train ----
@@ -79,6 +80,7 @@ def run(cfg: RunConfig) -> int:
                 "train_time_s": round(result.train_time_s, 3),
                 "samples_per_s": round(result.samples_per_s, 2),
                 "world_size": accelerator.num_processes,
+                "distributed_type": accelerator.distributed_type.value.lower(),
                 "mixed_precision": cfg.engine.mixed_precision,
                 "model_dir": str(opened.dir.model),
             })

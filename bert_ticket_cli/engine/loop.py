@@ -192,7 +192,11 @@ def fit(
             micro_batch=plan.micro_batch, world_size=plan.world_size, rank=accelerator.process_index,
             steps=per_epoch, start_step=state.step_in_epoch,
         )
-        loader = DataLoader(train_dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
+        # Its own generator: creating a DataLoader iterator otherwise draws a seed from the global
+        # RNG, which would shift dropout after a mid-epoch resume (the iterator is created at a
+        # different point of the RNG stream than in an uninterrupted run).
+        loader = DataLoader(train_dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
+                            generator=torch.Generator().manual_seed(seed + state.epoch))
         for batch in loader:
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
             with accelerator.accumulate(model):

@@ -64,6 +64,13 @@ def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan):
         raise UserError("engine.mixed_precision=fp16 needs a CUDA GPU: use bf16 (or no) on CPU")
     kwargs: dict[str, Any] = {}
     if engine.deepspeed is not None:
+        if use_cpu:
+            # Through Accelerate, DeepSpeed on a machine without GPUs finds no backend and each
+            # process would train alone, unsynchronised: refuse rather than pretend.
+            raise UserError(
+                "DeepSpeed engines need CUDA GPUs here (on CPU Accelerate cannot start DeepSpeed's process "
+                "group): use engine=cpu (gloo DDP under torchrun) on CPU"
+            )
         try:
             import deepspeed  # noqa: F401
         except ImportError:
