@@ -136,7 +136,7 @@ def write_summary(rd: RunDir, cfg: Any, *, metrics: dict[str, float], main_metri
         "model": cfg.model.name,
         "model_source": cfg.model.name_or_path,
         "method": cfg.method,
-        "ticket": cfg.ticket,
+        "ticket": cfg.ticket.path,
         "seed": cfg.seed,
         "sparsity": 0.0,
         "metrics": metrics,

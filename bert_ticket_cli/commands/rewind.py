@@ -14,7 +14,7 @@ from bert_ticket_cli.errors import EXIT_PREEMPTED, UserError
 
 
 def run(cfg: RunConfig) -> int:
-    if cfg.ticket is not None or cfg.method != "dense":
+    if cfg.ticket.path is not None or cfg.method != "dense":
         raise UserError(
             "training a ticket (ticket=/method=) arrives with the lottery-ticket release; "
             "today 'rewind' fine-tunes the dense model: drop ticket= and method="

@@ -63,6 +63,8 @@ def _prepare_overrides(verb: str, overrides: Sequence[str]) -> list[str]:
             out.append(text)
         elif ov.is_add() or ov.is_delete() or ov.is_force_add():
             out.append(text)
+        elif key == "ticket":  # ticket=PATH is short for ticket.path=PATH
+            out.append("++ticket.path=" + text.split("=", 1)[1])
         else:
             out.append("++" + text)
     if errors:

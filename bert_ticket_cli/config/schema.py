@@ -124,6 +124,45 @@ class EvalConfig:
 
 
 @dataclass
+class PruneConfig:
+    """How tickets are found (``bert-ticket prune``)."""
+
+    #: IMP: pruning rounds; level k trains the ticket with level_target(k) weights removed.
+    levels: int = 9
+    #: Fraction pruned per level: of the original weights (linear: 10%, 20%, ...) or of the
+    #: remaining ones (geometric).
+    rate: float = 0.1
+    schedule: str = "linear"
+    #: Stop once this sparsity is reached (overrides levels when set).
+    target_sparsity: Optional[float] = None
+    #: global: one magnitude threshold over all prunable matrices (the paper); layer: per matrix.
+    scope: str = "global"
+    #: The pooler is in the prunable set (BERT-Tickets' 85.5M weights for BERT-base).
+    include_pooler: bool = True
+    #: Rewind point: 0 = the pre-trained weights (theta_0); "500it" or "0.5ep" = theta_i, the
+    #: weights after that much fine-tuning.
+    rewind: str = "0"
+    #: Reset the task head to its initial values at every level (the reference code keeps the
+    #: trained head from the previous level: set false to match it).
+    reset_head: bool = True
+    #: omp / random: the sparsities produced in one run.
+    sparsities: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+
+
+@dataclass
+class TicketConfig:
+    """Which ticket a run trains (``rewind`` / ``transfer``)."""
+
+    #: Ticket directory (tickets/level-NN of a prune run); None = the dense model.
+    path: Optional[str] = None
+    #: winning (as found), random (new random mask, same per-matrix counts), reinit (same mask,
+    #: weights re-drawn from the model's initialiser).
+    variant: str = "winning"
+    #: Seed of the random / reinit variants.
+    seed: int = 0
+
+
+@dataclass
 class RunConfig:
     """Root schema shared by the training and evaluation verbs."""
 
@@ -140,10 +179,12 @@ class RunConfig:
     overwrite: bool = False
     #: Tokenized-data cache; None = ~/.cache/bert_ticket.
     cache_dir: Optional[str] = None
-    #: Method: dense (no ticket) today; imp, omp, random, earlybert, super_tickets later.
+    #: Method: dense (no ticket), imp, omp, random; earlybert and super_tickets later.
     method: str = "dense"
-    #: Path to a ticket directory (later releases).
-    ticket: Optional[str] = None
+    #: The ticket to train (``ticket=PATH`` is short for ``ticket.path=PATH``).
+    ticket: TicketConfig = field(default_factory=TicketConfig)
+    #: Ticket search settings (``prune``).
+    prune: PruneConfig = field(default_factory=PruneConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
