@@ -71,10 +71,12 @@ class RunDir:
 
 
 def run_name(cfg: Any) -> str:
-    """``<task>-<model>-s<seed>`` unless ``run_name`` is set."""
+    """``<task>-<model>[-<method>]-s<seed>`` unless ``run_name`` is set."""
     if cfg.run_name:
         return str(cfg.run_name)
-    return f"{cfg.task.name}-{cfg.model.name}-s{cfg.seed}"
+    method = getattr(cfg, "method", "dense")
+    tag = f"-{method}" if method and method != "dense" else ""
+    return f"{cfg.task.name}-{cfg.model.name}{tag}-s{cfg.seed}"
 
 
 def run_dir(cfg: Any) -> RunDir:

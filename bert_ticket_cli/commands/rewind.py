@@ -1,10 +1,20 @@
-"""``bert-ticket rewind``: train a (ticket of a) pre-trained model on a task and evaluate it.
+"""``bert-ticket rewind``: train a ticket from its rewind point on a task and evaluate it.
 
-With no ticket this is dense fine-tuning, the full-model baseline every experiment compares
-against.  Reads top to bottom: setup -> data and model -> train -> save.
+``ticket=PATH`` (a ``tickets/level-NN`` folder of a prune run) with ``ticket.variant``:
+
+- ``winning``: the mask as found, weights from the ticket's rewind point (theta_0 or theta_i);
+- ``random``: a new random mask with the same per-matrix counts (random pruning baseline);
+- ``reinit``: the same mask, encoder weights re-drawn from the model's initialiser (random
+  re-initialisation baseline).
+
+With no ticket this is dense fine-tuning, the full-model baseline of every experiment.
+Reads top to bottom: setup -> data and model -> train -> save.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from bert_ticket_cli.artifacts.records import (
     commit_run, now, open_run, print_metrics_table, read_summary, write_summary,
@@ -12,28 +22,62 @@ from bert_ticket_cli.artifacts.records import (
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import EXIT_PREEMPTED, UserError
 
+VARIANTS = {"winning": None, "random": "random_pruning", "reinit": "random_reinit"}
+
+
+def ticket_label(path: str) -> str:
+    """``runs/prune/mrpc-bert-imp-s1/tickets/level-03`` -> ``mrpc-bert-imp-s1-level-03``."""
+    p = Path(path).resolve()
+    return f"{p.parent.parent.name}-{p.name}" if p.parent.name == "tickets" else p.name
+
+
+def load_ticket_run(cfg: RunConfig) -> tuple[Any, str, dict[str, Any]]:
+    """The ticket, the method name its runs are recorded under, and the facts for the record."""
+    from bert_ticket_cli.sparsity.ticket import Ticket
+
+    if cfg.ticket.variant not in VARIANTS:
+        raise UserError(f"ticket.variant must be winning, random or reinit, got {cfg.ticket.variant!r}")
+    ticket = Ticket.load(cfg.ticket.path)
+    if ticket.kind != "unstructured":
+        raise UserError("structured tickets (EarlyBERT, super tickets) arrive with their releases")
+    method = VARIANTS[cfg.ticket.variant] or str(ticket.meta.get("method", "ticket"))
+    facts = {"ticket": str(Path(cfg.ticket.path).resolve()), "ticket_variant": cfg.ticket.variant,
+             "ticket_source_task": ticket.meta.get("source_task"), "ticket_level": ticket.meta.get("level"),
+             "sparsity": ticket.sparsity()}
+    return ticket, method, facts
+
+
+def ticket_masks(cfg: RunConfig, ticket) -> tuple[dict, int | None]:
+    """Masks and re-init seed of the chosen variant."""
+    if cfg.ticket.variant == "random":
+        from bert_ticket_cli.methods.random_masks import random_like
+
+        return random_like(ticket, seed=cfg.ticket.seed), None
+    return ticket.masks, (cfg.ticket.seed if cfg.ticket.variant == "reinit" else None)
+
 
 def run(cfg: RunConfig) -> int:
-    if cfg.ticket.path is not None or cfg.method != "dense":
-        raise UserError(
-            "training a ticket (ticket=/method=) arrives with the lottery-ticket release; "
-            "today 'rewind' fine-tunes the dense model: drop ticket= and method="
-        )
-    from accelerate.utils import set_seed
-
+    from bert_ticket_cli.commands.common import fit_extra, load_weights_file, start_engine, train_and_evaluate
     from bert_ticket_cli.data.pipeline import load_task_data
-    from bert_ticket_cli.engine.evaluate import format_metrics, main_metric_key, make_evaluator
-    from bert_ticket_cli.engine.loop import fit, save_model
-    from bert_ticket_cli.engine.setup import make_accelerator, plan_batches, shutdown, world_size_from_env
-    from bert_ticket_cli.model.build import build_model, load_tokenizer
+    from bert_ticket_cli.engine.setup import shutdown
+    from bert_ticket_cli.model.build import load_tokenizer
+
+    ticket, facts = None, {}
+    if cfg.ticket.path is not None:
+        ticket, method, facts = load_ticket_run(cfg)
+        cfg.method = method
+        if cfg.run_name is None:
+            cfg.run_name = f"{cfg.task.name}-{cfg.model.name}-{cfg.ticket.variant}-{ticket_label(cfg.ticket.path)}-s{cfg.seed}"
+    elif cfg.method != "dense":
+        raise UserError(f"rewind trains a ticket (ticket=PATH) or the dense model; method={cfg.method} is for "
+                        f"'bert-ticket prune'")
 
     # ---- setup: processes, batch geometry, run folder ----
-    plan = plan_batches(cfg.train, world_size_from_env())
-    accelerator = make_accelerator(cfg.engine, cfg.train, plan)
-    main = accelerator.is_main_process
+    engine = start_engine(cfg)
+    main = engine.main
     try:
         opened = open_run(cfg, is_main=main)
-        accelerator.wait_for_everyone()
+        engine.accelerator.wait_for_everyone()
         if opened.finished:
             summary = read_summary(opened.dir)
             if main:
@@ -42,54 +86,49 @@ def run(cfg: RunConfig) -> int:
             return 0
         started = now()
 
-        # ---- data and model (all inputs are checked before anything is written) ----
-        set_seed(cfg.seed)
+        # ---- data, weights and masks (all inputs are checked before anything is written) ----
         tokenizer = load_tokenizer(cfg.model, cfg.task)
-        with accelerator.main_process_first():
+        with engine.accelerator.main_process_first():
             data = load_task_data(cfg, tokenizer, train=True)
-        model = build_model(cfg.model, kind=data.info.kind, num_labels=data.info.num_labels,
-                            vocab_size=len(tokenizer))
-        commit_run(opened, cfg, is_main=main)
-        accelerator.wait_for_everyone()
-        if main:
-            n_params = sum(p.numel() for p in model.parameters())
-            print(f"run {opened.dir.root}: {data.info.name}, {len(data.train)} train examples, "
-                  f"model {cfg.model.name} ({n_params / 1e6:.2f}M params), {accelerator.num_processes} process(es) "
-                  f"[{accelerator.distributed_type.value.lower()}, {accelerator.device.type}], "
-                  f"batch {plan.global_batch} = {plan.micro_batch} x {plan.world_size} x {plan.accumulation}", flush=True)
+        init, masks, reinit, base_only = None, None, None, False
+        if ticket is not None:
+            rewind = ticket.meta.get("rewind_weights")
+            if rewind:
+                init = load_weights_file((Path(cfg.ticket.path) / rewind).resolve())
+                base_only = ticket.meta.get("source_task") != cfg.task.name  # another task: another head
+            masks, reinit = ticket_masks(cfg, ticket)
 
-        # ---- train ----
-        evaluate = make_evaluator(accelerator, data, cfg.eval.batch_size, cfg.task.max_answer_length)
-        result = fit(
-            accelerator=accelerator, model=model, train_dataset=data.train, collate=data.collate,
-            train=cfg.train, plan=plan, seed=cfg.seed, run=opened.dir, evaluate=evaluate,
-            resume_from=opened.resume_from, num_workers=cfg.engine.num_workers,
+        def ready() -> None:  # every input loaded: now the run folder may change
+            commit_run(opened, cfg, is_main=main)
+            engine.accelerator.wait_for_everyone()
+            if not main:
+                return
+            what = (f"ticket {facts['ticket']} ({cfg.ticket.variant}, sparsity {facts['sparsity']:.4f})"
+                    if ticket else "dense model")
+            print(f"run {opened.dir.root}: {data.info.name}, {len(data.train)} train examples, {what}, "
+                  f"{engine.accelerator.num_processes} process(es) [{engine.accelerator.distributed_type.value.lower()}, "
+                  f"{engine.accelerator.device.type}], batch {engine.plan.global_batch} = {engine.plan.micro_batch} x "
+                  f"{engine.plan.world_size} x {engine.plan.accumulation}", flush=True)
+
+        # ---- train (and save the model) ----
+        trained = train_and_evaluate(
+            cfg, engine, data=data, tokenizer=tokenizer, run=opened.dir, init_state=init, base_only=base_only,
+            masks=masks, reinit_seed=reinit, resume_from=opened.resume_from, save_model_to=opened.dir.model,
+            ticket=ticket, on_ready=ready,
         )
-        if result.preempted:
+        if trained.result.preempted:
             return EXIT_PREEMPTED
 
-        # ---- save: model, then the record (its presence marks the run finished) ----
-        final = {k: v for k, v in result.state.evals[-1].items() if k not in ("event", "step", "elapsed_s")}
-        key = main_metric_key(data)
-        save_model(accelerator, result.model, tokenizer, opened.dir.model)
+        # ---- the record (its presence marks the run finished) ----
         if main:
-            best = max((e.get(key, float("-inf")) for e in result.state.evals), default=None)
-            write_summary(opened.dir, cfg, metrics=final, main_metric=key, started=started, extra={
-                "best_main_value": best,
-                "steps": result.state.step,
-                "train_time_s": round(result.train_time_s, 3),
-                "samples_per_s": round(result.samples_per_s, 2),
-                "world_size": accelerator.num_processes,
-                "distributed_type": accelerator.distributed_type.value.lower(),
-                "mixed_precision": cfg.engine.mixed_precision,
-                "model_dir": str(opened.dir.model),
-            })
-            print_metrics_table(f"{data.info.name} dev, {cfg.model.name}, seed {cfg.seed}", final, {
-                "steps": result.state.step, "train time (s)": result.train_time_s,
-                "samples/s": result.samples_per_s,
+            write_summary(opened.dir, cfg, metrics=trained.metrics, main_metric=trained.main_key, started=started,
+                          extra={**fit_extra(cfg, engine, trained), **facts, "model_dir": str(opened.dir.model)})
+            r = trained.result
+            print_metrics_table(f"{data.info.name} dev, {cfg.model.name}, seed {cfg.seed}", trained.metrics, {
+                "steps": r.state.step, "train time (s)": r.train_time_s, "samples/s": r.samples_per_s,
             })
             print(f"model saved to {opened.dir.model}; evaluate again with: bert-ticket eval task={cfg.task.name} "
                   f"eval.checkpoint={opened.dir.model}", flush=True)
         return 0
     finally:
-        shutdown(accelerator)
+        shutdown(engine.accelerator)
