@@ -57,6 +57,12 @@ def ticket_masks(cfg: RunConfig, ticket) -> tuple[dict, int | None]:
 
 
 def run(cfg: RunConfig) -> int:
+    return train_ticket(cfg)
+
+
+def train_ticket(cfg: RunConfig, *, from_pretrained: bool = False) -> int:
+    """Train ``cfg.ticket`` (or the dense model) on ``cfg.task``; ``from_pretrained`` starts from
+    the pre-trained weights instead of the ticket's rewind point (what ``transfer`` does)."""
     from bert_ticket_cli.commands.common import fit_extra, load_weights_file, start_engine, train_and_evaluate
     from bert_ticket_cli.data.pipeline import load_task_data
     from bert_ticket_cli.engine.setup import shutdown
@@ -92,7 +98,7 @@ def run(cfg: RunConfig) -> int:
             data = load_task_data(cfg, tokenizer, train=True)
         init, masks, reinit, base_only = None, None, None, False
         if ticket is not None:
-            rewind = ticket.meta.get("rewind_weights")
+            rewind = None if from_pretrained else ticket.meta.get("rewind_weights")
             if rewind:
                 init = load_weights_file((Path(cfg.ticket.path) / rewind).resolve())
                 base_only = ticket.meta.get("source_task") != cfg.task.name  # another task: another head

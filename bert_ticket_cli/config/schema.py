@@ -163,6 +163,18 @@ class TicketConfig:
 
 
 @dataclass
+class TransferConfig:
+    """The transfer matrix (``bert-ticket transfer``): every ticket trained on every task."""
+
+    #: Ticket folders (rows of the matrix); empty = just ``ticket.path``.
+    tickets: list[str] = field(default_factory=list)
+    #: Target tasks (columns); empty = just ``task``.
+    tasks: list[str] = field(default_factory=list)
+    #: A folder of GLUE task folders (CoLA/, MRPC/, ...) for the matrix; None = each task's hub source.
+    glue_dir: Optional[str] = None
+
+
+@dataclass
 class RunConfig:
     """Root schema shared by the training and evaluation verbs."""
 
@@ -185,6 +197,8 @@ class RunConfig:
     ticket: TicketConfig = field(default_factory=TicketConfig)
     #: Ticket search settings (``prune``).
     prune: PruneConfig = field(default_factory=PruneConfig)
+    #: Tickets x tasks (``transfer``).
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -63,18 +63,17 @@ def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan):
     if mixed == "fp16" and use_cpu:
         raise UserError("engine.mixed_precision=fp16 needs a CUDA GPU: use bf16 (or no) on CPU")
     kwargs: dict[str, Any] = {}
+    accelerate_cpu = use_cpu
     if engine.deepspeed is not None:
-        if use_cpu:
-            # Through Accelerate, DeepSpeed on a machine without GPUs finds no backend and each
-            # process would train alone, unsynchronised: refuse rather than pretend.
-            raise UserError(
-                "DeepSpeed engines need CUDA GPUs here (on CPU Accelerate cannot start DeepSpeed's process "
-                "group): use engine=cpu (gloo DDP under torchrun) on CPU"
-            )
         try:
             import deepspeed  # noqa: F401
         except ImportError:
             raise UserError("engine uses DeepSpeed but it is not installed: pip install 'bert-ticket[deepspeed]'") from None
+        if use_cpu:
+            _deepspeed_on_cpu(kwargs)
+            # Accelerator(cpu=True) drops the DeepSpeed plugin (plain MULTI_CPU DDP): ask for the
+            # non-CPU path, where the plugin is honoured; the gloo backend and the device are set above.
+            accelerate_cpu = False
         if world_size_from_env() == 1 and "RANK" not in os.environ:
             # DeepSpeed needs a process group even for one process; make the launcher's env.
             os.environ.setdefault("RANK", "0")
@@ -83,13 +82,65 @@ def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan):
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=deepspeed_config(engine, train, plan))
-    return Accelerator(
-        cpu=use_cpu,
+    accelerator = Accelerator(
+        cpu=accelerate_cpu,
         mixed_precision=mixed,
         gradient_accumulation_steps=plan.accumulation,
         step_scheduler_with_optimizer=False,
         **kwargs,
     )
+    if engine.deepspeed is not None and use_cpu:
+        _check_deepspeed_cpu_state(accelerator)
+    return accelerator
+
+
+def _deepspeed_on_cpu(kwargs: dict[str, Any]) -> None:
+    """Make Accelerate start DeepSpeed on CPU processes talking over gloo.
+
+    Without a GPU, Accelerate's backend detection finds no backend for a non-CPU run: DeepSpeed
+    still opens its process group, but Accelerate then records 1 process (its world size comes
+    from the backend it detected), so every rank would train alone.  Naming the backend
+    (``InitProcessGroupKwargs`` reaches ``PartialState``) gives Accelerate the real world size
+    and rank, and DeepSpeed's comm is initialised over gloo with it.
+    """
+    import torch
+    from accelerate.utils import InitProcessGroupKwargs
+    from deepspeed.accelerator import get_accelerator
+
+    if torch.cuda.is_available():
+        # DeepSpeed would pick the GPUs anyway (its own device detection), so CPU cannot be honoured.
+        raise UserError(
+            "engine.cpu=true with a DeepSpeed engine on a machine with GPUs: drop engine.cpu to use the GPUs, "
+            "or hide them (CUDA_VISIBLE_DEVICES=) to run DeepSpeed on CPU"
+        )
+    ds_device = get_accelerator().device_name()
+    if ds_device != "cpu":
+        raise UserError(f"DeepSpeed picked the '{ds_device}' accelerator, not the CPU: set DS_ACCELERATOR=cpu")
+    # `accelerate launch --cpu` sets this, and it would make Accelerate drop the plugin; the
+    # device is the CPU either way (no GPU here).
+    os.environ.pop("ACCELERATE_USE_CPU", None)
+    kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+
+
+def _check_deepspeed_cpu_state(accelerator) -> None:
+    """Fail loudly if Accelerate's view of the processes disagrees with the launcher's."""
+    import torch.distributed as dist
+    from accelerate.utils import DistributedType
+
+    expected = world_size_from_env()
+    problems = []
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        problems.append(f"distributed type {accelerator.distributed_type}")
+    if accelerator.num_processes != expected:
+        problems.append(f"{accelerator.num_processes} process(es) but WORLD_SIZE={expected}")
+    if not dist.is_initialized() or dist.get_world_size() != expected:
+        problems.append("no process group of the launcher's size")
+    elif dist.get_backend() != "gloo":
+        problems.append(f"backend {dist.get_backend()}")
+    if accelerator.device.type != "cpu":
+        problems.append(f"device {accelerator.device}")
+    if problems:
+        raise RuntimeError("DeepSpeed on CPU: Accelerate state is wrong: " + "; ".join(problems))
 
 
 def shutdown(accelerator) -> None:

@@ -1,0 +1,133 @@
+"""Lottery tickets through the real CLI on the tiny model: IMP / OMP / random, the rewind
+variants, transfer, and the mask invariants on what training writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bert_ticket_cli.methods.magnitude import level_target
+from bert_ticket_cli.sparsity.ticket import Ticket
+from tests.conftest import cli
+
+pytestmark = pytest.mark.integration
+
+BASE = ["experiment=demo", "run_name=imp", "task.synthetic.n_train=640", "train.epochs=1", "train.log_every=100"]
+PRUNABLE = 2 * (4 * 64 * 64 + 2 * 64 * 128) + 64 * 64  # tiny model: 2 layers + pooler
+
+
+def _tickets(run, levels):
+    return [Ticket.load(run / "tickets" / f"level-{k:02d}") for k in range(1, levels + 1)]
+
+
+@pytest.fixture(scope="module")
+def imp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("imp") / "runs"
+    r = cli("prune", "method=imp", *BASE, "prune.levels=3", f"output_dir={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out, out / "prune" / "imp"
+
+
+def test_imp_levels_have_exact_sparsity_and_only_shrink(imp_run):
+    _, run = imp_run
+    tickets = _tickets(run, 3)
+    prev = None
+    for k, t in enumerate(tickets, start=1):
+        assert t.total() == PRUNABLE
+        assert t.total() - t.kept() == level_target(k, rate=0.1, schedule="linear", total=PRUNABLE)  # to the element
+        assert t.meta["method"] == "imp" and t.meta["level"] == k and t.meta["source_task"] == "synthetic"
+        if prev is not None:
+            assert t.is_subset_of(prev) and not prev.is_subset_of(t)
+        prev = t
+    summary = json.loads((run / "summary.json").read_text())
+    assert [row["level"] for row in summary["trajectory"]] == [0, 1, 2, 3]
+    expected = [level_target(k, rate=0.1, schedule="linear", total=PRUNABLE) / PRUNABLE for k in range(4)]
+    assert [row["sparsity"] for row in summary["trajectory"]] == pytest.approx(expected, abs=1e-12)
+    for k in range(4):
+        level = json.loads((run / "levels" / f"level-{k:02d}" / "summary.json").read_text())
+        assert level["level"] == k and "accuracy" in level["metrics"]
+
+
+def test_the_same_command_again_skips_finished_work(imp_run):
+    out, run = imp_run
+    before = (run / "summary.json").read_text()
+    r = cli("prune", "method=imp", *BASE, "prune.levels=3", f"output_dir={out}")
+    assert r.returncode == 0 and "already finished" in r.stdout
+    assert (run / "summary.json").read_text() == before
+
+
+def test_winning_ticket_weights_stay_exactly_zero(imp_run, tmp_path):
+    """AdamW with weight decay, gradient accumulation and bf16 autocast: pruned stays 0.0."""
+    _, run = imp_run
+    ticket_dir = run / "tickets" / "level-03"
+    r = cli("rewind", *BASE[:1], "task.synthetic.n_train=640", "train.epochs=1", f"ticket={ticket_dir}",
+            "train.micro_batch_size=8", "engine.mixed_precision=bf16", "train.weight_decay=0.1",
+            f"output_dir={tmp_path}", "run_name=win")
+    assert r.returncode == 0, r.stderr[-2000:]
+    weights = load_file(str(tmp_path / "rewind" / "win" / "model" / "model.safetensors"))
+    ticket = Ticket.load(ticket_dir)
+    changed = 0
+    for name, keep in ticket.masks.items():
+        w = weights["bert." + name]
+        assert torch.count_nonzero(w[~keep]) == 0, name
+        changed += int(torch.count_nonzero(w[keep]))
+    assert changed > 0.6 * PRUNABLE  # the kept weights did train
+    s = json.loads((tmp_path / "rewind" / "win" / "summary.json").read_text())
+    assert s["method"] == "imp" and s["sparsity"] == pytest.approx(0.3, abs=1e-4)
+
+
+def test_random_and_reinit_variants(imp_run, tmp_path):
+    _, run = imp_run
+    ticket_dir = run / "tickets" / "level-03"
+    ticket = Ticket.load(ticket_dir)
+    for variant in ("random", "reinit"):
+        r = cli("rewind", *BASE[:1], "task.synthetic.n_train=640", "train.epochs=1", f"ticket={ticket_dir}",
+                f"ticket.variant={variant}", f"output_dir={tmp_path}", f"run_name={variant}")
+        assert r.returncode == 0, r.stderr[-2000:]
+        s = json.loads((tmp_path / "rewind" / variant / "summary.json").read_text())
+        assert s["method"] == {"random": "random_pruning", "reinit": "random_reinit"}[variant]
+        weights = load_file(str(tmp_path / "rewind" / variant / "model" / "model.safetensors"))
+        same_positions = True
+        for name, keep in ticket.masks.items():
+            zero = weights["bert." + name] == 0
+            assert int(zero.sum()) >= int((~keep).sum())  # identical per-matrix counts (a weight may also be 0)
+            same_positions &= bool(torch.equal(zero & ~keep, ~keep))
+        assert same_positions == (variant == "reinit")
+
+
+def test_crash_mid_level_then_resume_gives_identical_tickets(imp_run, tmp_path):
+    _, reference = imp_run
+    args = ["prune", "method=imp", *BASE, "prune.levels=3", f"output_dir={tmp_path}", "train.save_every=7"]
+    r = cli(*args, env={"BERT_TICKET_FAULT_AT_STEP": "10:KILL"})
+    assert r.returncode == -9
+    r = cli(*args, "resume=true")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for a, b in zip(_tickets(reference, 3), _tickets(tmp_path / "prune" / "imp", 3)):
+        assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+
+
+def test_omp_and_random_pruning_hit_each_sparsity(tmp_path):
+    for method in ("omp", "random"):
+        r = cli("prune", f"method={method}", *BASE[:1], f"run_name={method}", "task.synthetic.n_train=640",
+                "train.epochs=1", "prune.sparsities=[0.5,0.8]", f"output_dir={tmp_path}")
+        assert r.returncode == 0, r.stderr[-2000:]
+        run = tmp_path / "prune" / method
+        t1, t2 = _tickets(run, 2)
+        assert t1.total() - t1.kept() == round(0.5 * PRUNABLE) and t2.total() - t2.kept() == round(0.8 * PRUNABLE)
+        if method == "omp":
+            assert t2.is_subset_of(t1)  # one-shot magnitude from the same weights: nested
+
+
+def test_transfer_matrix(imp_run, tmp_path):
+    _, run = imp_run
+    tickets = f"transfer.tickets=[{run}/tickets/level-01,{run}/tickets/level-02]"
+    r = cli("transfer", "experiment=demo", "run_name=m", "task.synthetic.n_train=640", "train.epochs=1",
+            tickets, "transfer.tasks=[synthetic]", f"output_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    matrix = json.loads((tmp_path / "transfer" / "m" / "matrix.json").read_text())
+    assert set(matrix["main_value"]) == {"imp-level-01", "imp-level-02"}
+    pair = json.loads((tmp_path / "transfer" / "m" / "imp-level-02--synthetic" / "summary.json").read_text())
+    assert pair["verb"] == "transfer" and pair["sparsity"] == pytest.approx(0.2, abs=1e-4)
