@@ -1,7 +1,8 @@
 """``bert-ticket report``: index every finished run under ``output_dir`` and print them.
 
 ``task=mrpc method=dense`` (any ``key=value`` that is not a report setting) filters on any
-summary field, dotted for nested ones (``metrics.f1=0.9``); ``columns=[metrics.f1]`` adds columns; ``format=csv|json`` prints
+summary field, dotted for nested ones (``metrics.f1=0.9``); ``view=tickets`` aggregates over
+seeds with the lottery-ticket verdicts, ``plot=true`` draws the figures; ``columns=[metrics.f1]`` adds columns; ``format=csv|json`` prints
 machine-readable output instead of the rich table.
 """
 
@@ -36,6 +37,9 @@ def run(cfg: ReportConfig) -> int:
     root = Path(cfg.output_dir).expanduser()
     index = build_index(root)
     rows = query(index, list(cfg.where))
+    if cfg.view == "tickets":
+        return _tickets(cfg, root, rows)
+    rows = [r for r in rows if r.get("role") != "trajectory"]  # its levels are rows of their own
     columns = DEFAULT_COLUMNS + [c for c in cfg.columns if c not in DEFAULT_COLUMNS]
     rows.sort(key=lambda r: _sort_key(r.get(cfg.sort)))
 
@@ -61,4 +65,46 @@ def run(cfg: ReportConfig) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
     console.print(f"[dim]index: {index}[/dim]")
+    return 0
+
+
+def _tickets(cfg: ReportConfig, root: Path, rows: list[dict]) -> int:
+    """Mean +- std over seeds per task, method and sparsity, with the matching verdicts."""
+    from bert_ticket_cli.artifacts import tickets_view
+
+    views = tickets_view.build(rows)
+    flat = [row for v in views for row in tickets_view.table_rows(v)]
+    if cfg.format == "json":
+        json.dump(flat, sys.stdout, indent=2)
+        print()
+    elif cfg.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["task", "method", "sparsity", "mean", "std", "n", "verdict"])
+        for r in flat:
+            writer.writerow([r[k] for k in ("task", "method", "sparsity", "mean", "std", "n", "verdict")])
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console() if sys.stdout.isatty() else Console(width=160)
+        for v in views:
+            t = Table(title=f"{v.task} ({v.metric}): mean +- std over seeds; matching = within 1 std of the full model")
+            for c in ("method", "sparsity", "mean +- std", "seeds", "verdict"):
+                t.add_column(c, justify="right" if c in ("sparsity", "mean +- std", "seeds") else "left")
+            for r in tickets_view.table_rows(v):
+                t.add_row(r["method"], f"{100 * r['sparsity']:.1f}%", f"{r['mean']:.4f} +- {r['std']:.4f}",
+                          str(r["n"]), r["verdict"])
+            console.print(t)
+            best = tickets_view.highest_matching(v)
+            if best is not None:
+                console.print(f"{v.task}: highest sparsity with a matching IMP ticket: {100 * best:.1f}%")
+    if cfg.plot:
+        from bert_ticket_cli.artifacts import plots
+
+        out = Path(cfg.plot_dir).expanduser() if cfg.plot_dir else root / "report"
+        for v in views:
+            print(f"plot: {plots.sparsity_curves(v, out / f'{v.task}_sparsity.png')}")
+        for matrix_file in sorted(root.glob("transfer/*/matrix.json")):
+            path = out / f"transfer_{matrix_file.parent.name}.png"
+            print(f"plot: {plots.transfer_heatmap(json.loads(matrix_file.read_text()), path)}")
     return 0

@@ -221,6 +221,13 @@ class ReportConfig:
     sort: str = "run_dir"
     #: table (rich), csv or json.
     format: str = "table"
+    #: runs: one row per run; tickets: per task and sparsity, mean +- std over seeds of the
+    #: full model, IMP, OMP, random pruning and random re-init, with the matching verdicts.
+    view: str = "runs"
+    #: Draw the papers' figures (sparsity -> metric curves, transfer heatmaps) as PNG files.
+    plot: bool = False
+    #: Where the PNG files go; None = <output_dir>/report.
+    plot_dir: Optional[str] = None
 
 
 #: Which schema each verb's root config follows.
