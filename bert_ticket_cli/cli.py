@@ -149,8 +149,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    local_rank: Optional[int] = typer.Option(
+        None, "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher (before the verb)."
+    ),
 ) -> None:
     """bert-ticket."""
+    if local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
 
 
 def main() -> None:

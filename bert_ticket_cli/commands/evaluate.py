@@ -47,7 +47,8 @@ def run(cfg: RunConfig) -> int:
         model_cfg = replace(cfg.model, config=None, name_or_path=source, tokenizer=tok_source or cfg.model.tokenizer)
 
     plan = plan_batches(cfg.train, world_size_from_env())
-    accelerator = make_accelerator(cfg.engine, cfg.train, plan)
+    # Evaluation needs no optimizer, which DeepSpeed's ZeRO engine insists on: plain DDP here.
+    accelerator = make_accelerator(replace(cfg.engine, deepspeed=None), cfg.train, plan)
     main = accelerator.is_main_process
     try:
         started = now()

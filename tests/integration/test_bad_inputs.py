@@ -38,7 +38,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "bad choice": (["rewind", "engine.mixed_precision=fp8"], "bf16"),
         "required value": (["rewind", "model=local"], "model.name_or_path"),
         "not an override": (["rewind", "lr"], "key=value"),
-        "deepspeed without gpu": (["rewind", *TINY, "engine=deepspeed_zero2_bf16", f"output_dir={tmp}/r"], "engine=cpu"),
+        "deepspeed fp16 on cpu": (["rewind", *TINY, "engine=deepspeed_zero2_fp16", f"output_dir={tmp}/r"], "fp16"),
         "fp16 on cpu": (["rewind", *TINY, "engine.mixed_precision=fp16", f"output_dir={tmp}/r"], "fp16"),
         "indivisible batch": (["rewind", *TINY, "train.micro_batch_size=5", f"output_dir={tmp}/r"], "batch_size"),
         "batch larger than data": (["rewind", *TINY, "train.batch_size=512", f"output_dir={tmp}/r"], "batch"),

@@ -47,3 +47,5 @@ def test_launcher_local_rank_forms_are_accepted():
     for form in (["--local_rank=1"], ["--local-rank", "1"]):
         r = cli("rewind", "--cfg", *form)
         assert r.returncode == 0, r.stderr
+    r = cli("--local_rank=0", "rewind", "--cfg")  # the deepspeed launcher puts it before the verb
+    assert r.returncode == 0, r.stderr
