@@ -109,7 +109,7 @@ class Size:
 
 
 DEFAULT = dict(layers=12, hidden=768, intermediate=3072, rounds=3)
-QUICK = dict(layers=4, hidden=768, intermediate=3072, rounds=3)
+QUICK = dict(layers=4, hidden=768, intermediate=3072, rounds=5)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Size]:
@@ -119,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Size]
     p.add_argument("--layers", type=int, help="encoder layers (default 12; quick 4)")
     p.add_argument("--hidden", type=int, help="hidden size (default 768)")
     p.add_argument("--intermediate", type=int, help="feed-forward size (default 4 x hidden)")
-    p.add_argument("--rounds", type=int, help="alternating timed rounds; the median is reported (default 3)")
+    p.add_argument("--rounds", type=int, help="alternating timed rounds; the median is reported (default 3; quick 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement subprocesses")
