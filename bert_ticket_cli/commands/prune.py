@@ -52,6 +52,9 @@ def _check(cfg: RunConfig) -> None:
         errs.append(f"prune.scope must be global or layer, got {p.scope!r}")
     if not 0 < p.rate < 1:
         errs.append(f"prune.rate must be in (0, 1), got {p.rate}")
+    if not p.reset_head and cfg.task.name == "mlm":
+        errs.append("prune.reset_head=false is not for task=mlm: the MLM decoder is tied to the word embeddings, "
+                    "so keeping the trained head would undo the rewind of the embeddings")
     if p.levels < 1:
         errs.append(f"prune.levels must be >= 1, got {p.levels}")
     if p.target_sparsity is not None and not 0 < p.target_sparsity < 1:

@@ -43,7 +43,7 @@ class SyntheticConfig:
 
 @dataclass
 class TaskConfig:
-    #: Task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, squad, or synthetic.
+    #: Task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, squad, mlm, or synthetic.
     name: str = "synthetic"
     #: Local folder in the original GLUE TSV layout (train.tsv, dev.tsv, test.tsv) or SQuAD JSON.
     data_dir: Optional[str] = None
@@ -57,6 +57,9 @@ class TaskConfig:
     doc_stride: int = 128
     #: SQuAD: longest answer considered, in tokens.
     max_answer_length: int = 30
+    #: mlm: fraction of a block's tokens selected for prediction, round(p x length), drawn
+    #: among its non-special tokens (BERT: 0.15).
+    mlm_probability: float = 0.15
     #: Use only the first N training / evaluation examples (None = all).
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None

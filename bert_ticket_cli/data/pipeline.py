@@ -1,8 +1,8 @@
 """From a task config to tokenized train / dev / test sets, ready for the engine.
 
 The GLUE and SQuAD readers (``glue.py``, ``squad.py``), the generated task
-(``synthetic.py``) and tokenization (``tokenize.py``) meet here, so a command asks for
-"the data of this task" in one call.
+(``synthetic.py``), masked language modelling text (``mlm.py``) and tokenization
+(``tokenize.py``) meet here, so a command asks for "the data of this task" in one call.
 """
 
 from __future__ import annotations
@@ -30,9 +30,25 @@ SYNTHETIC = TaskInfo(
     hub_dataset="",
 )
 
+#: Masked language modelling over a text corpus (Chen et al. 2020, Sec. 4); data/mlm.py.
+MLM = TaskInfo(
+    name="mlm",
+    kind="mlm",
+    num_labels=0,
+    text_fields=("text",),
+    label_names=(),
+    eval_splits=("validation",),
+    test_splits=(),
+    metrics=("mlm_loss", "mlm_accuracy", "perplexity"),
+    main_metric="mlm_accuracy",
+    leaderboard_files=(),
+    hub_dataset="Salesforce/wikitext:wikitext-103-raw-v1",
+)
+
 
 def task_info(name: str) -> TaskInfo:
-    return SYNTHETIC if name.lower() == "synthetic" else get_task(name)
+    key = name.lower()
+    return SYNTHETIC if key == "synthetic" else MLM if key == "mlm" else get_task(name)
 
 
 def default_cache_dir(cfg: RunConfig) -> str:
@@ -64,6 +80,11 @@ def _raw(cfg: RunConfig, info: TaskInfo, splits: list[str]):
 
         cols = generate(cfg.task.synthetic, cfg.seed)
         return datasets.DatasetDict({s: datasets.Dataset.from_dict(cols[s]) for s in cols})
+    if info.kind == "mlm":
+        from bert_ticket_cli.data.mlm import load_text
+
+        return load_text(info, data_dir=cfg.task.data_dir, data_files=cfg.task.data_files,
+                         hub_dataset=cfg.task.hub_dataset, splits=splits)
     from bert_ticket_cli.data.glue import load_raw
 
     return load_raw(
@@ -94,6 +115,10 @@ def load_task_data(cfg: RunConfig, tokenizer, *, train: bool, eval_splits: list[
         if len(raw[split]) == 0:
             raise UserError(f"task {info.name}: split {split!r} is empty: check the data source")
 
+    if info.kind == "mlm":
+        from bert_ticket_cli.data.mlm import build_mlm_data
+
+        return build_mlm_data(cfg, info, raw, tokenizer, train=train, evals=evals, cache_dir=cache)
     if info.kind == "qa":
         from transformers import default_data_collator
 

@@ -20,8 +20,15 @@ _NON_MODEL_COLUMNS = ("idx", "example_id", "offset_mapping", "labels", "label")
 
 @torch.no_grad()
 def predict(accelerator, model: torch.nn.Module, dataset, collate: Callable, batch_size: int) -> dict[str, np.ndarray]:
-    """Model outputs for every row of ``dataset``, in order: logits, or start/end logits for QA."""
-    drop = [c for c in dataset.column_names if c in _NON_MODEL_COLUMNS]
+    """Model outputs for every row of ``dataset``, in order: logits, or start/end logits for QA.
+
+    Masked language modelling (a collator with ``keeps_labels``): the labels stay in the batch
+    and each row is reduced on its device to (loss sum, correct, masked count), never gathering
+    the ``[B, L, vocab]`` logits.
+    """
+    keep_labels = bool(getattr(collate, "keeps_labels", False))
+    non_model = tuple(c for c in _NON_MODEL_COLUMNS if not (keep_labels and c == "labels"))
+    drop = [c for c in dataset.column_names if c in non_model]
     inputs = dataset.remove_columns(drop) if drop else dataset
     loader = accelerator.prepare_data_loader(
         DataLoader(inputs, batch_size=batch_size, shuffle=False, collate_fn=collate), device_placement=True
@@ -30,15 +37,20 @@ def predict(accelerator, model: torch.nn.Module, dataset, collate: Callable, bat
     model.eval()
     outs: dict[str, list[np.ndarray]] = {}
     for batch in loader:
+        labels = batch.get("labels") if keep_labels else None
         batch = {k: v for k, v in batch.items() if k not in _NON_MODEL_COLUMNS}
         with accelerator.autocast():
             out = model(**batch)
-        if getattr(out, "start_logits", None) is not None:
+        if labels is not None and getattr(out, "logits", None) is not None and out.logits.dim() == 3:
+            from bert_ticket_cli.metrics.mlm import batch_sums
+
+            pairs = batch_sums(out.logits, labels)
+        elif getattr(out, "start_logits", None) is not None:
             pairs = {"start_logits": out.start_logits, "end_logits": out.end_logits}
         else:
             pairs = {"logits": out.logits}
         for k, v in pairs.items():
-            v = accelerator.gather_for_metrics(v.float().contiguous())
+            v = accelerator.gather_for_metrics((v if v.dtype == torch.int64 else v.float()).contiguous())
             outs.setdefault(k, []).append(v.cpu().numpy())
     if was_training:
         model.train()
@@ -60,6 +72,11 @@ def split_metrics(data: TaskData, split: str, outputs: dict[str, np.ndarray], *,
                                     max_answer_length=max_answer_length)
         refs = {ex_id: ans["text"] for ex_id, ans in zip(examples["id"], examples["answers"])}
         return squad_metrics(answers, refs)
+    if info.kind == "mlm":
+        from bert_ticket_cli.metrics.mlm import metrics_from_sums
+
+        return metrics_from_sums(float(np.sum(outputs["mlm_loss_sum"], dtype=np.float64)),
+                                 float(np.sum(outputs["mlm_correct"])), float(np.sum(outputs["mlm_count"])))
     from bert_ticket_cli.metrics.glue import glue_metrics
 
     labels = np.asarray(data.evals[split]["labels"])

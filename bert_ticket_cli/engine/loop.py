@@ -192,6 +192,8 @@ def fit(
             micro_batch=plan.micro_batch, world_size=plan.world_size, rank=accelerator.process_index,
             steps=per_epoch, start_step=state.step_in_epoch,
         )
+        if hasattr(collate, "set_epoch"):  # e.g. MLM masking, a pure function of (seed, epoch, example)
+            collate.set_epoch(state.epoch)
         # Its own generator: creating a DataLoader iterator otherwise draws a seed from the global
         # RNG, which would shift dropout after a mid-epoch resume (the iterator is created at a
         # different point of the RNG stream than in an uninterrupted run).

@@ -63,14 +63,17 @@ def load_tokenizer(model: ModelConfig, task: TaskConfig):
 
 
 def _model_class(kind: str):
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    from transformers import AutoModelForMaskedLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
+    if kind == "mlm":
+        return AutoModelForMaskedLM
     return AutoModelForQuestionAnswering if kind == "qa" else AutoModelForSequenceClassification
 
 
 def build_model(model: ModelConfig, *, kind: str, num_labels: int, vocab_size: int | None = None,
                 source: str | None = None):
-    """A task model: sequence classification/regression, or span extraction for ``qa``.
+    """A task model: sequence classification/regression, span extraction for ``qa``, or a
+    masked-LM head for ``mlm``.
 
     ``source`` (a model directory) overrides ``model.name_or_path``: ``eval`` uses it to load
     a trained checkpoint.  Config overrides in ``model.config`` apply either way.
@@ -80,7 +83,7 @@ def build_model(model: ModelConfig, *, kind: str, num_labels: int, vocab_size: i
     overrides: dict[str, Any] = dict(model.config or {})
     path = source or model.name_or_path
     extra: dict[str, Any] = {}
-    if kind != "qa":
+    if kind not in ("qa", "mlm"):
         extra["num_labels"] = num_labels
         extra["problem_type"] = "regression" if kind == "regression" else "single_label_classification"
     if path is None:
