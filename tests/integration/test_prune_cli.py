@@ -131,3 +131,31 @@ def test_transfer_matrix(imp_run, tmp_path):
     assert set(matrix["main_value"]) == {"imp-level-01", "imp-level-02"}
     pair = json.loads((tmp_path / "transfer" / "m" / "imp-level-02--synthetic" / "summary.json").read_text())
     assert pair["verb"] == "transfer" and pair["sparsity"] == pytest.approx(0.2, abs=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["cpu", "deepspeed_zero2_bf16"])
+def test_pruned_weights_stay_zero_under_two_processes(imp_run, tmp_path, engine):
+    """2-process gloo DDP and DeepSpeed ZeRO-2 on CPU, with AdamW + weight decay, gradient
+    accumulation and bf16 autocast: the saved model has every pruned weight exactly 0.0."""
+    pytest.importorskip("deepspeed") if engine.startswith("deepspeed") else None
+    import sys
+
+    from tests.conftest import REPO
+
+    _, run = imp_run
+    ticket_dir = run / "tickets" / "level-03"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                "29541" if engine == "cpu" else "29543", "-m", "bert_ticket_cli"]
+    r = cli("rewind", "experiment=demo", "task.synthetic.n_train=640", "train.epochs=1", f"ticket={ticket_dir}",
+            f"engine={engine}", "engine.mixed_precision=bf16", "train.micro_batch_size=8", "train.weight_decay=0.1",
+            f"output_dir={tmp_path}", "run_name=two", launcher=launcher,
+            env={"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((tmp_path / "rewind" / "two" / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["distributed_type"] == ("multi_cpu" if engine == "cpu" else "deepspeed")
+    weights = load_file(str(tmp_path / "rewind" / "two" / "model" / "model.safetensors"))
+    ticket = Ticket.load(ticket_dir)
+    for name, keep in ticket.masks.items():
+        w = weights["bert." + name]
+        assert torch.count_nonzero(w[~keep]) == 0, name
+        assert torch.count_nonzero(w[keep]) > 0.9 * int(keep.sum())
