@@ -213,7 +213,8 @@ class Side:
     def __init__(self, size: Size, dataset, collate, init: dict, masks: dict | None, seed: int):
         from bert_ticket_cli.engine.setup import plan_batches
 
-        self.size, self.dataset, self.collate, self.init, self.masks, self.seed = size, dataset, collate, init, masks, seed
+        self.size, self.dataset, self.collate, self.init = size, dataset, collate, init
+        self.masks, self.seed = masks, seed
         self.model = build(size)
         self.model.load_state_dict(init)
         self.plan = plan_batches(self.train_config(1), world_size=1)
@@ -336,11 +337,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def after_round(r: int, secs: dict[str, float]) -> None:
         overheads.append((secs["masked"] - secs["plain"]) / secs["plain"])
-        _common.log(f"[{BENCHMARK}] round {r + 1}/{size.rounds}: plain {1000 * secs['plain'] / size.steps:.1f} ms/step, "
+        _common.log(f"[{BENCHMARK}] round {r + 1}/{size.rounds}: "
+                    f"plain {1000 * secs['plain'] / size.steps:.1f} ms/step, "
                     f"masked {1000 * secs['masked'] / size.steps:.1f} ms/step, overhead {100 * overheads[-1]:+.2f}%")
 
-    results = _common.alternate(size.rounds, {"plain": make_side("plain", plain), "masked": make_side("masked", masked)},
-                                on_round=after_round)
+    sides = {"plain": make_side("plain", plain), "masked": make_side("masked", masked)}
+    results = _common.alternate(size.rounds, sides, on_round=after_round)
     ops_s, ops_parts = time_enforcer_ops(masked, args.op_reps)
 
     plain_ms = 1000 * _common.median(results["plain"]) / size.steps

@@ -27,10 +27,11 @@ Why the gradient mask lives in a backward hook and not in ``before_step`` (the e
   ``accelerator.prepare`` creates DeepSpeed's, and reordered to the front if it was not), so
   DeepSpeed only ever sees masked gradients.
 * DDP: post-accumulate-grad hooks run inside autograd's AccumulateGrad node, before DDP's
-  reducer hook (a post-hook of that node) copies the gradient into its bucket and before the
-  bucket is all-reduced.  Every rank contributes masked gradients, so the average is masked
-  too.  (Masking after the all-reduce would also be right by linearity, but this way there is
-  one code path for every engine.)
+  reducer hook (a post-hook of that node; under compiled autograd a post-accumulate-grad hook
+  registered when DDP wraps the model, i.e. after ours) copies the gradient into its bucket
+  and before the bucket is all-reduced.  Every rank contributes masked gradients, so the
+  average is masked too.  (Masking after the all-reduce would also be right by linearity, but
+  this way there is one code path for every engine.)
 * Gradient accumulation: the hook fires after every micro-batch's accumulation into ``.grad``,
   so the running sum is masked at every point, whoever reads it.
 * Mixed precision: the hook sees the gradient in the parameter's dtype (fp32 under Accelerate

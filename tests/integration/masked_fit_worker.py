@@ -7,13 +7,17 @@ exactly zero (before the enforcer's own ``before_step`` / ``after_step`` run, so
 hooks and the optimizer arithmetic are what is tested, not the re-zeroing).  Rank 0 gathers
 every rank's figures and writes them as JSON to ``--out``.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/integration/masked_fit_worker.py --out r.json
+    python -m torch.distributed.run --nproc_per_node 2 tests/integration/masked_fit_worker.py \
+        --out r.json --run-dir /tmp/run [--deepspeed-stage 2 --mixed-precision bf16]
+
+(``--deepspeed-stage`` needs DeepSpeed working on CPU: a check by hand, not part of the suite.)
 """
 
 from __future__ import annotations
 
 import argparse
 import faulthandler
+import gc
 import hashlib
 import json
 import os
@@ -37,12 +41,21 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--micro-batch", type=int, default=2)
+    p.add_argument("--mixed-precision", default="no", choices=("no", "bf16"))
+    p.add_argument("--deepspeed-stage", type=int, default=0,
+                   help="1 or 2: a DeepSpeed ZeRO engine instead of DDP (needs DeepSpeed on CPU; not in the "
+                        "test suite, for checking by hand); 0 = DDP")
+    p.add_argument("--pid-dir", help="write this process's id there (the test kills leftovers by id)")
     p.add_argument("--watchdog-s", type=float, default=150.0,
-                   help="print every thread's stack and exit 70 if the run takes longer than this")
+                   help="print every thread's stack and exit 1 if the run takes longer than this")
     args = p.parse_args()
-    # A hang (e.g. in the process-group teardown) ends with a traceback on stderr instead of a
-    # silent timeout of the test; SIGTERM cannot serve, fit traps it for graceful stops.
+    # A hang ends with a traceback on stderr instead of a silent timeout of the test; SIGTERM
+    # cannot serve (fit traps it for graceful stops), and torchrun starts each worker in its
+    # own session, out of reach of a kill of the launcher's process group.
     faulthandler.dump_traceback_later(args.watchdog_s, exit=True)
+    if args.pid_dir:
+        Path(args.pid_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.pid_dir) / f"rank{os.environ.get('RANK', '0')}.pid").write_text(str(os.getpid()))
 
     import torch.distributed as dist
     from datasets import Dataset
@@ -86,7 +99,9 @@ def main() -> int:
             self.weights: list[int] = []
 
         def before_step(self, m) -> None:
-            self.grads.append(sum(int((params["bert." + k].grad[pruned[k]] != 0).sum()) for k in masks))
+            # (under DeepSpeed the optimizer has stepped inside backward and .grad is gone)
+            self.grads.append(sum(int((params["bert." + k].grad[pruned[k]] != 0).sum()) for k in masks
+                                  if params["bert." + k].grad is not None))
 
         def after_step(self, m) -> None:
             self.weights.append(enforcer.check())
@@ -96,27 +111,32 @@ def main() -> int:
                         weight_decay=0.1, warmup_ratio=0.0, schedule="constant", max_grad_norm=1.0,
                         log_every=1, eval_every=0)
     plan = plan_batches(train, world_size_from_env())
-    accelerator = make_accelerator(EngineConfig(name="cpu", cpu=True), train, plan)
+    engine = EngineConfig(name="cpu", cpu=True, mixed_precision=args.mixed_precision)
+    if args.deepspeed_stage:
+        engine.name, engine.deepspeed = "deepspeed", {"zero_optimization": {
+            "stage": args.deepspeed_stage, "overlap_comm": True, "contiguous_gradients": True}}
+    accelerator = make_accelerator(engine, train, plan)
     probe = Probe()
     result = fit(accelerator=accelerator, model=model, train_dataset=dataset, collate=collate, train=train,
                  plan=plan, seed=0, run=RunDir(Path(args.run_dir)), evaluate=None, hooks=[probe, enforcer])
 
     optimizer = accelerator._optimizers[0].optimizer
     moments_nonzero = 0
-    for k in masks:
+    for k in masks if not args.deepspeed_stage else ():  # DeepSpeed keeps them in flat partitions
         state = optimizer.state[params["bert." + k]]
         moments_nonzero += int((state["exp_avg"][pruned[k]] != 0).sum() + (state["exp_avg_sq"][pruned[k]] != 0).sum())
     digest = hashlib.sha256()
     weight_sum = 0.0
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         weight_sum += float(tensor.double().sum()) if tensor.is_floating_point() else 0.0
     kept_end = torch.cat([params["bert." + n].detach()[~pruned[n]] for n in masks])
     mine = {
         "rank": accelerator.process_index,
         "steps": result.state.step,
         "wrapper": type(result.model).__name__,
+        "dtype": str(params["bert." + next(iter(masks))].dtype),
         "accumulation": plan.accumulation,
         "grad_nonzero_per_step": probe.grads,
         "weight_nonzero_per_step": probe.weights,
@@ -135,9 +155,18 @@ def main() -> int:
         Path(args.out).write_text(json.dumps({"world_size": accelerator.num_processes,
                                               "distributed_type": accelerator.distributed_type.value.lower(),
                                               "ranks": everyone}, indent=1))
+    # Teardown.  Seen here (2 runs in ~12): when the DDP wrapper outlived
+    # destroy_process_group, its Reducer held the last reference to the gloo process group and
+    # freeing it at exit hung in ~ProcessGroupGloo joining a gloo thread.  So the wrapper goes
+    # first, while the group is alive, and the process ends with os._exit once the group is
+    # down (nothing is left to flush but stdio); the watchdog stays armed until then.
+    del result
+    accelerator.free_memory()  # drops Accelerate's references to the DDP model and optimizer
+    gc.collect()
     shutdown(accelerator)
-    faulthandler.cancel_dump_traceback_later()
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

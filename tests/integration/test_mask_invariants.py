@@ -8,6 +8,7 @@ through Accelerate it needs CUDA GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,24 +32,31 @@ def free_port() -> int:
 
 
 def test_two_process_ddp_keeps_pruned_weights_at_exactly_zero(tmp_path):
-    out = tmp_path / "result.json"
+    out, pid_dir, log = tmp_path / "result.json", tmp_path / "pids", tmp_path / "torchrun.log"
     steps = 4
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(WORKER), "--out", str(out), "--run-dir", str(tmp_path / "run"),
-           "--steps", str(steps), "--batch", "8", "--micro-batch", "2"]
+           "--steps", str(steps), "--batch", "8", "--micro-batch", "2", "--pid-dir", str(pid_dir)]
     env = {k: v for k, v in os.environ.items() if k != "BERT_TICKET_FAULT_AT_STEP"}
     env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false"})
-    # Own session, so a timeout can kill the launcher and both ranks (fit traps SIGTERM).
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"the 2-process run did not finish in 240 s: {stderr[-3000:]}")
-    assert proc.returncode == 0, stderr[-3000:]
+    # Output to a file, not pipes: a stuck worker holding a pipe open cannot block the test.
+    # The launcher gets its own process group to kill on timeout; torchrun starts each worker
+    # in a session of its own, so those are killed by the ids they wrote.
+    with open(log, "w") as out_file:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            for pid_file in pid_dir.glob("rank*.pid"):
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"the 2-process run did not finish in 240 s:\n{log.read_text()[-3000:]}")
+    assert returncode == 0, log.read_text()[-3000:]
     result = json.loads(out.read_text())
 
     assert result["world_size"] == 2 and result["distributed_type"] == "multi_cpu"

@@ -61,6 +61,21 @@ def restore_signals():
         signal.signal(sig, handler)
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state and refuses a second Accelerator with another
+    mixed precision: start from none, and leave none behind for the tests that follow."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    def reset() -> None:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+    reset()
+    yield
+    reset()
+
+
 # ------------------------------------------------------------------------- plain AdamW loop
 
 def test_plain_adamw_keeps_pruned_weights_and_moments_at_exactly_zero():
@@ -217,7 +232,7 @@ class Probe:
         self.weight_violations.append(self.enforcer.check())
 
 
-def test_fit_with_gradient_accumulation_bf16_and_clipping(tmp_path, restore_signals):
+def test_fit_with_gradient_accumulation_bf16_and_clipping(tmp_path, restore_signals, fresh_accelerate_state):
     from datasets import Dataset
 
     from bert_ticket_cli.artifacts.paths import RunDir
