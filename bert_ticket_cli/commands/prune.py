@@ -139,7 +139,7 @@ def run(cfg: RunConfig) -> int:
         if rewind_at >= total_steps(cfg.train, per_epoch):
             raise UserError(f"prune.rewind={cfg.prune.rewind} ({rewind_at} steps) is not inside the "
                             f"{total_steps(cfg.train, per_epoch)} training steps of a level: rewind earlier")
-        weights0 = prunable_parameters(theta0, include_pooler=cfg.prune.include_pooler)
+        weights0 = prunable_parameters(theta0, include_pooler=cfg.prune.include_pooler, patterns=cfg.prune.patterns)
         total = sum(w.numel() for w in weights0.values())
         n_model = total_parameters(theta0)
         shapes = {n: tuple(w.shape) for n, w in weights0.items()}
@@ -204,7 +204,8 @@ def run(cfg: RunConfig) -> int:
 
             # Next tickets, saved before this level is marked finished (resume needs them).
             if main:
-                trained_w = prunable_parameters(model, include_pooler=cfg.prune.include_pooler)
+                trained_w = prunable_parameters(model, include_pooler=cfg.prune.include_pooler,
+                                                patterns=cfg.prune.patterns)
                 trained_w = {n: w.detach().float().cpu() for n, w in trained_w.items()}
                 current = masks or {n: torch.ones(s, dtype=torch.bool) for n, s in shapes.items()}
                 if cfg.method == "imp" and level + 1 < len(targets):

@@ -142,6 +142,9 @@ class PruneConfig:
     scope: str = "global"
     #: The pooler is in the prunable set (BERT-Tickets' 85.5M weights for BERT-base).
     include_pooler: bool = True
+    #: The prunable set as globs over parameter names relative to the base model, e.g.
+    #: ["encoder.layer.*.attention.self.*.weight"]; None = the six matrices per layer + pooler.
+    patterns: Optional[list[str]] = None
     #: Rewind point: 0 = the pre-trained weights (theta_0); "500it" or "0.5ep" = theta_i, the
     #: weights after that much fine-tuning.
     rewind: str = "0"

@@ -159,3 +159,21 @@ def test_pruned_weights_stay_zero_under_two_processes(imp_run, tmp_path, engine)
         w = weights["bert." + name]
         assert torch.count_nonzero(w[~keep]) == 0, name
         assert torch.count_nonzero(w[keep]) > 0.9 * int(keep.sum())
+
+
+def test_ticket_for_other_shapes_is_refused_and_writes_nothing(imp_run, tmp_path):
+    _, run = imp_run
+    r = cli("rewind", "experiment=demo", f"ticket={run}/tickets/level-01", "model.config.hidden_size=32",
+            "model.config.num_attention_heads=2", f"output_dir={tmp_path}", "run_name=bad")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "does not fit this model" in lines[0]
+    assert not (tmp_path / "rewind" / "bad").exists()
+
+
+def test_custom_prunable_set(tmp_path):
+    r = cli("prune", "method=omp", *BASE[:1], "run_name=attn", "task.synthetic.n_train=640", "train.epochs=1",
+            "prune.sparsities=[0.5]", "prune.patterns=[encoder.layer.*.attention.self.*.weight]", f"output_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (t,) = _tickets(tmp_path / "prune" / "attn", 1)
+    assert len(t.masks) == 6 and all(".attention.self." in n for n in t.masks)
+    assert t.total() - t.kept() == round(0.5 * 6 * 64 * 64)
