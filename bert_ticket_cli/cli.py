@@ -17,9 +17,9 @@ from bert_ticket_cli import __version__
 from bert_ticket_cli.errors import EXIT_USAGE, UserError
 
 VERBS = {
-    "prune": "Find tickets: method=imp|omp|random|earlybert|super_tickets (later releases).",
+    "prune": "Find tickets: method=imp|omp|random (earlybert and super_tickets in later releases).",
     "rewind": "Train a ticket from its rewind point, or with no ticket fine-tune the dense model (the full-model baseline), then evaluate.",
-    "transfer": "Train a ticket found on task A on task B; with lists, the whole transfer matrix (later release).",
+    "transfer": "Train a ticket found on task A on task B; with transfer.tickets/transfer.tasks, the whole matrix.",
     "pretrain": "MLM pre-training on a budget, and EarlyBERT pre-training (later release).",
     "eval": "Evaluate a saved model on a task's dev splits; eval.predict_test=true writes GLUE leaderboard TSVs.",
 }
@@ -27,7 +27,7 @@ VERBS = {
 EXAMPLES = {
     "prune": "bert-ticket prune method=imp task=mrpc",
     "rewind": "bert-ticket rewind task=mrpc model=bert-base-uncased train.lr=2e-5 seed=3",
-    "transfer": "bert-ticket transfer ticket=runs/prune/mnli/tickets/level-07 task=rte",
+    "transfer": "bert-ticket transfer ticket=runs/prune/mnli-bert-base-uncased-imp-s42/tickets/level-07 task=rte",
     "pretrain": "bert-ticket pretrain",
     "eval": "bert-ticket eval task=sst2 eval.checkpoint=runs/rewind/sst2-tiny-s42/model",
     "report": "bert-ticket report task=mrpc method=dense columns=[metrics.f1] format=table",
