@@ -106,6 +106,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def load_note() -> str:
+    """For table captions: the 1-minute load average and the CPU count."""
+    return f"1-min load average {machine_info()['load_avg_1m']} on {os.cpu_count()} CPUs"
+
+
+def rounds_cells(xs: Sequence[float], fmt: str = ".3f") -> tuple[str, str]:
+    """Table cells for a side's rounds: the values, and their spread in percent."""
+    return " ".join(f"{x:{fmt}}" for x in xs), f"{100 * spread(xs):.1f}%"
+
+
 def log(msg: str) -> None:
     """Progress notes go to stderr so stdout stays table + one JSON line."""
     print(msg, file=sys.stderr, flush=True)
@@ -126,3 +136,8 @@ def emit_json(record: dict[str, Any]) -> None:
     """The machine-readable result: exactly one line, the last one on stdout."""
     sys.stdout.flush()
     print(json.dumps(_strict(record), allow_nan=False, default=float), flush=True)
+
+
+def emit_result(record: dict[str, Any], *, quick: bool) -> None:
+    """``emit_json`` of ``record`` followed by the keys every benchmark ends with."""
+    emit_json({**record, "machine": machine_info(), "quick": bool(quick)})

@@ -38,16 +38,11 @@ Output: a table, then as the last line of stdout one JSON object::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import io
 import json
 import math
 import os
-import signal
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,6 +53,10 @@ _common.passive_openmp()  # before torch: see there (steady numbers on a shared 
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _bert_bench import (  # noqa: E402
+    Size, StackCollate, StepClock, add_size_args, bert_overrides, build_task_model, fit_sandbox, make_dataset,
+    size_from_args, train_config,
+)
 
 BENCHMARK = "finetune_throughput"
 LR = 1e-4  # large enough that the weights move visibly in a few steps, small enough to stay stable
@@ -69,35 +68,12 @@ QUICK = dict(layers=2, hidden=128, heads=2, intermediate=512, vocab=30522, seq=6
              steps=8, warmup_steps=2, rounds=5)
 
 
-@dataclass(frozen=True)
-class Size:
-    layers: int
-    hidden: int
-    heads: int
-    intermediate: int
-    vocab: int
-    seq: int
-    batch: int
-    steps: int  # timed optimizer steps per side per round
-    warmup_steps: int  # untimed steps before them (N1 below)
-    rounds: int
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Size]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="small model (2 layers, hidden 128, seq 64): finishes in well under a minute")
-    p.add_argument("--layers", type=int, help="encoder layers (default 4; quick 2)")
-    p.add_argument("--hidden", type=int, help="hidden size (default 256; quick 128)")
-    p.add_argument("--heads", type=int, help="attention heads (default hidden/64)")
-    p.add_argument("--intermediate", type=int, help="feed-forward size (default 4 x hidden)")
-    p.add_argument("--vocab", type=int, help="vocabulary size (default 30522, bert-base-uncased)")
-    p.add_argument("--seq", type=int, help="tokens per example (default 128; quick 64)")
-    p.add_argument("--batch", type=int, help="examples per optimizer step (default 16)")
-    p.add_argument("--steps", type=int, help="timed optimizer steps per side per round (default 10; quick 8)")
-    p.add_argument("--warmup-steps", type=int, help="untimed steps before the timed ones (default 2)")
-    p.add_argument("--rounds", type=int, help="alternating rounds; the median is reported (default 3)")
+    add_size_args(p, DEFAULT, QUICK)
     p.add_argument("--max-grad-norm", type=float, default=0.0,
                    help="gradient clipping on both sides (default 0 = off, as in the plain loop)")
     p.add_argument("--fit-timing", choices=("hook", "diff"), default="hook",
@@ -106,80 +82,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Size]
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-
-    base = dict(QUICK if args.quick else DEFAULT)
-    for key in base:
-        value = getattr(args, key, None)
-        if value is not None:
-            base[key] = value
-    if args.hidden is not None:  # derived sizes follow an explicit --hidden unless given too
-        if args.heads is None:
-            base["heads"] = max(1, args.hidden // 64)
-        if args.intermediate is None:
-            base["intermediate"] = 4 * args.hidden
-    size = Size(**base)
-    if size.hidden % size.heads:
-        p.error(f"--hidden {size.hidden} is not a multiple of --heads {size.heads}")
-    if size.steps < 1 or size.warmup_steps < 1 or size.rounds < 1:
-        p.error("--steps, --warmup-steps and --rounds must be >= 1")
+    size = size_from_args(p, args, DEFAULT, QUICK)
     if size.vocab < 200:
         p.error("--vocab must be at least 200")
     return args, size
 
 
-# ---------------------------------------------------------------------------------- data
-
-def make_dataset(n: int, size: Size, seed: int):
-    """``n`` fixed-length rows: [CLS] a [SEP] b [SEP], random real length, padded to ``seq``.
-
-    Every row has exactly ``seq`` ids, so every batch has the same shape on both sides.
-    """
-    from datasets import Dataset
-
-    rng = np.random.default_rng(seed)
-    seq = size.seq
-    ids = rng.integers(1000 if size.vocab > 2000 else 110, size.vocab, size=(n, seq))
-    lengths = rng.integers(max(4, seq // 2), seq + 1, size=n)
-    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
-    split = lengths // 2
-    ids[:, 0] = 101  # [CLS]
-    ids[np.arange(n), split] = 102  # [SEP] between the two segments
-    ids[np.arange(n), lengths - 1] = 102  # [SEP] at the end
-    ids = np.where(mask == 1, ids, 0)  # [PAD] = 0
-    types = ((np.arange(seq)[None, :] > split[:, None]) & (mask == 1)).astype(np.int64)
-    labels = rng.integers(0, 2, size=n)
-    return Dataset.from_dict({
-        "input_ids": ids.tolist(), "attention_mask": mask.tolist(),
-        "token_type_ids": types.tolist(), "labels": labels.tolist(),
-    })
-
-
-class StackCollate:
-    """Rows of equal length -> a dict of stacked LongTensors (no padding needed)."""
-
-    keys = ("input_ids", "attention_mask", "token_type_ids", "labels")
-
-    def __call__(self, rows):
-        return {k: torch.tensor([row[k] for row in rows], dtype=torch.long) for k in self.keys}
-
-
 # --------------------------------------------------------------------------------- models
-
-def bert_overrides(size: Size) -> dict:
-    return dict(
-        num_hidden_layers=size.layers, hidden_size=size.hidden, num_attention_heads=size.heads,
-        intermediate_size=size.intermediate, max_position_embeddings=max(512, size.seq),
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # deterministic: losses comparable
-    )
-
-
-def build_ours(size: Size):
-    from bert_ticket_cli.config.schema import ModelConfig
-    from bert_ticket_cli.model.build import build_model
-
-    cfg = ModelConfig(name="bench", config=bert_overrides(size))  # attn_implementation: project default (sdpa)
-    return build_model(cfg, kind="classification", num_labels=2, vocab_size=size.vocab)
-
 
 def build_baseline(size: Size):
     from transformers import BertConfig, BertForSequenceClassification
@@ -200,24 +109,6 @@ def probe_loss(model: torch.nn.Module, batch: dict) -> float:
 
 # ---------------------------------------------------------------------------------- sides
 
-class StepClock:
-    """A ``StepHooks`` that only notes when each optimizer step of ``fit`` finished.
-
-    ``fit`` calls ``after_step`` once per optimizer step, right after the weights are
-    updated; one list append per step is the whole cost (well under a microsecond against
-    steps of tens of milliseconds).  ``before_step`` does nothing.
-    """
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def before_step(self, model: torch.nn.Module) -> None:
-        pass
-
-    def after_step(self, model: torch.nn.Module) -> None:
-        self.times.append(_common.now())
-
-
 class Ours:
     """``fit`` as ``bert-ticket rewind`` calls it, minus evaluation and checkpoints, plus a
     StepClock hook (through the ``hooks`` argument every method plugs into)."""
@@ -227,30 +118,21 @@ class Ours:
 
         self.size, self.dataset, self.collate, self.init, self.seed = size, dataset, collate, init, seed
         self.max_grad_norm = max_grad_norm
-        self.model = build_ours(size)
+        self.model = build_task_model(size)
         self.model.load_state_dict(init)
         self.plan = plan_batches(self._train_config(1), world_size=1)
         self.last_mean_loss = float("nan")
 
     def _train_config(self, steps: int):
-        from bert_ticket_cli.config.schema import TrainConfig
-
-        return TrainConfig(
-            max_steps=steps, batch_size=self.size.batch, lr=LR, weight_decay=0.0,
-            warmup_ratio=0.0, warmup_steps=0, schedule="constant", max_grad_norm=self.max_grad_norm,
-            eval_every=0, log_every=10**9, save_every=0,
-        )
+        return train_config(self.size, steps, lr=LR, weight_decay=0.0, max_grad_norm=self.max_grad_norm)
 
     def run(self, steps: int) -> tuple[float, list[float]]:
         """One complete ``fit`` of ``steps`` optimizer steps from the initial weights: its
         wall seconds and the ``perf_counter`` time at which each optimizer step finished.
 
-        A fresh Accelerator per call, as each CLI run makes one (setup, not timed per step).
-        ``fit`` prints one log line at its last step (and would draw a rich progress bar on a
-        terminal): stdout is captured so the output stays a table, and the capture is not a
-        terminal, so no bar refresh thread runs, as in a batch job.
+        A fresh Accelerator per call, as each CLI run makes one (setup, not timed per step),
+        in a ``fit_sandbox`` (stdout captured: no log line, no progress bar).
         """
-        from bert_ticket_cli.artifacts.paths import RunDir
         from bert_ticket_cli.config.schema import EngineConfig
         from bert_ticket_cli.engine.loop import fit
         from bert_ticket_cli.engine.setup import make_accelerator
@@ -258,9 +140,7 @@ class Ours:
         self.model.load_state_dict(self.init)
         train = self._train_config(steps)
         clock = StepClock()
-        saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-        with tempfile.TemporaryDirectory(prefix="bench-fit-") as tmp, contextlib.redirect_stdout(io.StringIO()):
-            run = RunDir(Path(tmp) / "run")
+        with fit_sandbox("bench-fit-") as run:
             t0 = _common.now()
             accelerator = make_accelerator(EngineConfig(name="cpu", cpu=True), train, self.plan)
             result = fit(
@@ -271,8 +151,6 @@ class Ours:
             assert result.state.step == steps == len(clock.times), (result.state.step, steps, len(clock.times))
             records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
             self.last_mean_loss = float(records[-1]["loss"])  # mean over the run (log_every is huge)
-        for sig, handler in saved_handlers.items():  # fit installs its stop-signal handlers
-            signal.signal(sig, handler)
         del result, accelerator
         gc.collect()
         return seconds, clock.times
@@ -334,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     n2 = size.warmup_steps + size.steps
     # One epoch is exactly n2 steps, so a fit of n2 steps never starts a second permutation.
     dataset = make_dataset(n2 * size.batch, size, args.seed)
-    probe = StackCollate()(list(make_dataset(size.batch, size, args.seed + 1)))
-    collate = StackCollate()
+    collate = StackCollate(dataset.column_names)
+    probe = collate(list(make_dataset(size.batch, size, args.seed + 1)))
     # The rows fit visits, step by step: the project's own sampler for (seed, epoch 0), so
     # the baseline sees the same examples in the same order (a user would shuffle with a
     # DataLoader; the order does not change the cost, only makes the losses comparable).
@@ -343,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                                       micro_batch=size.batch, world_size=1, rank=0, steps=n2))
 
     torch.manual_seed(args.seed)
-    init_model = build_ours(size)
+    init_model = build_task_model(size)
     init = {k: v.detach().clone() for k, v in init_model.state_dict().items()}
     n_params = sum(p.numel() for p in init_model.parameters())
     loss_start = probe_loss(init_model, probe)
@@ -440,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{torch.get_num_threads()} threads",
                   caption=f"median of {size.rounds} alternating rounds of {size.steps} timed steps "
                           f"(steps {n1 + 1}-{n2} of each run, fit timing: {args.fit_timing}); "
-                          f"speedup = ours / baseline; 1-min load average {_common.machine_info()['load_avg_1m']} "
-                          f"on {os.cpu_count()} CPUs")
+                          f"speedup = ours / baseline; {_common.load_note()}")
     table.add_column("side")
     table.add_column("attention")
     table.add_column("steps/s", justify="right")
@@ -454,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                                     ("baseline: plain loop", "baseline", attn_base, finals["base"])):
         sps = _common.median(results[key])
         table.add_row(label, attn, f"{sps:.3f}", f"{sps * size.batch:.1f}", f"{1000 / sps:.1f}",
-                      " ".join(f"{x:.3f}" for x in results[key]), f"{100 * _common.spread(results[key]):.1f}%",
+                      *_common.rounds_cells(results[key]),
                       f"{final:.6f}")
     table.add_section()
     table.add_row("ratio", "", f"{speedup:.3f}x", f"{speedup:.3f}x", "", "", "", f"gap {loss_gap:.1e}")
@@ -466,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loss at start {loss_start:.6f}; mean train loss over {n2} steps: ours (metrics.jsonl) "
           f"{finals['ours_train_mean']:.6f}, baseline {finals['base_train_mean']:.6f}")
 
-    _common.emit_json({
+    _common.emit_result({
         "benchmark": BENCHMARK,
         "speedup": round(speedup, 4),
         "ours_steps_per_s": round(ours_sps, 4),
@@ -491,9 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {**size.__dict__, "params": n_params, "lr": LR, "max_grad_norm": args.max_grad_norm,
                    "seed": args.seed, "timed_steps_from": n1, "timed_steps_to": n2,
                    "fit_timing": args.fit_timing},
-        "machine": _common.machine_info(),
-        "quick": bool(args.quick),
-    })
+    }, quick=args.quick)
     return 0
 
 

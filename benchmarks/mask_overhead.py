@@ -52,14 +52,8 @@ Run::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import io
-import os
-import signal
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,6 +64,10 @@ _common.passive_openmp()  # before torch: see there
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _bert_bench import (  # noqa: E402
+    Size, StackCollate, StepClock, add_size_args, build_task_model, fit_sandbox, make_dataset, size_from_args,
+    train_config,
+)
 
 BENCHMARK = "mask_overhead"
 LR = 1e-4
@@ -82,55 +80,17 @@ QUICK = dict(layers=2, hidden=128, heads=2, intermediate=512, vocab=30522, seq=6
              steps=8, warmup_steps=2, rounds=8)
 
 
-@dataclass(frozen=True)
-class Size:
-    layers: int
-    hidden: int
-    heads: int
-    intermediate: int
-    vocab: int
-    seq: int
-    batch: int
-    steps: int  # timed optimizer steps per side per round
-    warmup_steps: int  # untimed steps before them
-    rounds: int
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Size]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small model (2 layers, hidden 128, seq 64): under a minute")
-    p.add_argument("--layers", type=int, help="encoder layers (default 4; quick 2)")
-    p.add_argument("--hidden", type=int, help="hidden size (default 256; quick 128)")
-    p.add_argument("--heads", type=int, help="attention heads (default hidden/64)")
-    p.add_argument("--intermediate", type=int, help="feed-forward size (default 4 x hidden)")
-    p.add_argument("--vocab", type=int, help="vocabulary size (default 30522)")
-    p.add_argument("--seq", type=int, help="tokens per example (default 128; quick 64)")
-    p.add_argument("--batch", type=int, help="examples per optimizer step (default 16)")
-    p.add_argument("--steps", type=int, help="timed optimizer steps per side per round (default 10; quick 8)")
-    p.add_argument("--warmup-steps", type=int, help="untimed steps before the timed ones (default 2)")
-    p.add_argument("--rounds", type=int, help="alternating rounds; medians are reported (default 5)")
+    add_size_args(p, DEFAULT, QUICK)
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of each prunable matrix pruned (0.5)")
     p.add_argument("--op-reps", type=int, default=30, help="repetitions of the isolated enforcer-work timing")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-
-    base = dict(QUICK if args.quick else DEFAULT)
-    for key in base:
-        value = getattr(args, key, None)
-        if value is not None:
-            base[key] = value
-    if args.hidden is not None:
-        if args.heads is None:
-            base["heads"] = max(1, args.hidden // 64)
-        if args.intermediate is None:
-            base["intermediate"] = 4 * args.hidden
-    size = Size(**base)
-    if size.hidden % size.heads:
-        p.error(f"--hidden {size.hidden} is not a multiple of --heads {size.heads}")
-    if size.steps < 1 or size.warmup_steps < 1 or size.rounds < 1:
-        p.error("--steps, --warmup-steps and --rounds must be >= 1")
+    size = size_from_args(p, args, DEFAULT, QUICK)
     if not 0.0 < args.sparsity < 1.0:
         p.error("--sparsity must be in (0, 1)")
     if size.vocab < 2000:
@@ -138,42 +98,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Size]
     return args, size
 
 
-# ------------------------------------------------------------------------ data and model
-
-def make_dataset(n: int, size: Size, seed: int):
-    """``n`` fixed-length rows ([CLS] ... [SEP], padded to ``seq``), binary labels."""
-    from datasets import Dataset
-
-    rng = np.random.default_rng(seed)
-    seq = size.seq
-    ids = rng.integers(1000, size.vocab, size=(n, seq))
-    lengths = rng.integers(max(4, seq // 2), seq + 1, size=n)
-    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
-    ids[:, 0] = 101
-    ids[np.arange(n), lengths - 1] = 102
-    ids = np.where(mask == 1, ids, 0)
-    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(),
-                              "labels": rng.integers(0, 2, size=n).tolist()})
-
-
-class StackCollate:
-    keys = ("input_ids", "attention_mask", "labels")
-
-    def __call__(self, rows):
-        return {k: torch.tensor([row[k] for row in rows], dtype=torch.long) for k in self.keys}
-
-
-def build(size: Size):
-    """The task model as the CLI builds it (``build_model``, SDPA attention), dropout 0."""
-    from bert_ticket_cli.config.schema import ModelConfig
-    from bert_ticket_cli.model.build import build_model
-
-    cfg = ModelConfig(name="bench", config=dict(
-        num_hidden_layers=size.layers, hidden_size=size.hidden, num_attention_heads=size.heads,
-        intermediate_size=size.intermediate, max_position_embeddings=max(512, size.seq),
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    return build_model(cfg, kind="classification", num_labels=2, vocab_size=size.vocab)
-
+# ---------------------------------------------------------------------------------- masks
 
 def random_masks(model, sparsity: float, seed: int) -> dict[str, torch.Tensor]:
     """``sparsity`` of every prunable matrix pruned at random (bool, True = kept)."""
@@ -193,20 +118,6 @@ def pruned_nonzero(model, masks: dict[str, torch.Tensor]) -> int:
 
 # ---------------------------------------------------------------------------------- sides
 
-class StepClock:
-    """A ``StepHooks`` noting when each optimizer step finished (listed last, so the step
-    includes every other hook's ``after_step``)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def before_step(self, model) -> None:
-        pass
-
-    def after_step(self, model) -> None:
-        self.times.append(_common.now())
-
-
 class Side:
     """``fit`` as the commands call it, evaluation and checkpoints off, with or without masks."""
 
@@ -215,21 +126,16 @@ class Side:
 
         self.size, self.dataset, self.collate, self.init = size, dataset, collate, init
         self.masks, self.seed = masks, seed
-        self.model = build(size)
+        self.model = build_task_model(size)
         self.model.load_state_dict(init)
         self.plan = plan_batches(self.train_config(1), world_size=1)
         self.check_after = -1  # enforcer.check() after the last run (masked side)
 
     def train_config(self, steps: int):
-        from bert_ticket_cli.config.schema import TrainConfig
-
-        return TrainConfig(max_steps=steps, batch_size=self.size.batch, lr=LR, weight_decay=WEIGHT_DECAY,
-                           warmup_ratio=0.0, warmup_steps=0, schedule="constant", max_grad_norm=MAX_GRAD_NORM,
-                           eval_every=0, log_every=10**9, save_every=0)
+        return train_config(self.size, steps, lr=LR, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM)
 
     def run(self, steps: int) -> list[float]:
         """One ``fit`` of ``steps`` steps from the initial weights: when each step finished."""
-        from bert_ticket_cli.artifacts.paths import RunDir
         from bert_ticket_cli.config.schema import EngineConfig
         from bert_ticket_cli.engine.loop import fit
         from bert_ticket_cli.engine.setup import make_accelerator
@@ -244,15 +150,12 @@ class Side:
         clock = StepClock()
         hooks.append(clock)
         train = self.train_config(steps)
-        saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-        with tempfile.TemporaryDirectory(prefix="bench-mask-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+        with fit_sandbox("bench-mask-") as run:
             accelerator = make_accelerator(EngineConfig(name="cpu", cpu=True), train, self.plan)
             result = fit(accelerator=accelerator, model=self.model, train_dataset=self.dataset,
                          collate=self.collate, train=train, plan=self.plan, seed=self.seed,
-                         run=RunDir(Path(tmp) / "run"), evaluate=None, hooks=hooks)
+                         run=run, evaluate=None, hooks=hooks)
             assert result.state.step == steps == len(clock.times)
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
         if enforcer is not None:
             self.check_after = enforcer.check()
             enforcer.remove()
@@ -302,11 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     from bert_ticket_cli.sparsity.enforce import MaskEnforcer
 
     n1, n2 = size.warmup_steps, size.warmup_steps + size.steps
-    dataset = make_dataset(n2 * size.batch, size, args.seed)  # one epoch = n2 steps
-    collate = StackCollate()
+    # one epoch = n2 steps; single-segment rows, ids from 1000 (--vocab >= 2000)
+    dataset = make_dataset(n2 * size.batch, size, args.seed, pair=False, min_id=1000)
+    collate = StackCollate(dataset.column_names)
 
     torch.manual_seed(args.seed)
-    init_model = build(size)
+    init_model = build_task_model(size)
     masks = random_masks(init_model, args.sparsity, args.seed + 1)
     ticket = MaskEnforcer(init_model, masks)
     ticket.apply_weights()  # both sides start from the ticket's weights
@@ -364,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"batch {size.batch}, {n_params / 1e6:.1f}M params, {len(masks)} masked matrices at "
                         f"{args.sparsity:.0%} sparsity, {torch.get_num_threads()} threads",
                   caption=f"{size.rounds} alternating rounds of {size.steps} timed steps (steps {n1 + 1}-{n2} of "
-                          f"each fit); overhead = (masked - plain) / plain; 1-min load average "
-                          f"{_common.machine_info()['load_avg_1m']} on {os.cpu_count()} CPUs")
+                          f"each fit); overhead = (masked - plain) / plain; {_common.load_note()}")
     table.add_column("side")
     table.add_column("ms/step (median step)", justify="right")
     table.add_column("ms/step (median round)", justify="right")
@@ -388,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"masked side: check() after the last run = {masked.check_after}; plain side leaves {nonzero['plain']:,} "
           f"of {n_pruned:,} pruned weights non-zero (weight decay and AdamW move them without the enforcer)")
 
-    _common.emit_json({
+    _common.emit_result({
         "benchmark": BENCHMARK,
         # from the median single-step times, pooled over all rounds
         "overhead": round(overhead, 5),
@@ -414,9 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {**size.__dict__, "params": n_params, "masked_matrices": len(masks), "masked_weights": n_masked,
                    "pruned_weights": n_pruned, "sparsity": args.sparsity, "lr": LR, "weight_decay": WEIGHT_DECAY,
                    "max_grad_norm": MAX_GRAD_NORM, "seed": args.seed},
-        "machine": _common.machine_info(),
-        "quick": bool(args.quick),
-    })
+    }, quick=args.quick)
     return 0
 
 

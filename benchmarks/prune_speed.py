@@ -363,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{torch.get_num_threads()} threads",
                   caption=f"median of {size.rounds} alternating rounds after a warm-up; memory: peak RSS during "
                           f"one call minus RSS before, fresh process per side; 'working' = that minus the "
-                          f"returned result; 1-min load average {_common.machine_info()['load_avg_1m']} "
-                          f"on {os.cpu_count()} CPUs")
+                          f"returned result; {_common.load_note()}")
     table.add_column("side")
     table.add_column("pruning", justify="right")
     table.add_column("seconds", justify="right")
@@ -380,10 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         res = f"{result_bytes(key, n_weights) / mb:.1f}"
         work = f"{(mem['peak_extra'] - result_bytes(key, n_weights)) / mb:.1f}" if mem else "-"
         table.add_row(label, "0 -> 10 %", f"{_common.median(results[key]):.3f}",
-                      " ".join(f"{x:.3f}" for x in results[key]), f"{100 * _common.spread(results[key]):.1f}%",
+                      *_common.rounds_cells(results[key]),
                       peak, res, work, f"{ratio(key, False):.3f}" if mem else "-")
     table.add_row("ours: global_magnitude_prune", "10 -> 20 %", f"{level2_s:.3f}",
-                  " ".join(f"{x:.3f}" for x in level2_times), f"{100 * _common.spread(level2_times):.1f}%",
+                  *_common.rounds_cells(level2_times),
                   "", "", "", "")
     table.add_section()
     table.add_row("ratio ours / torch", "0 -> 10 %", f"{time_ratio:.4f}", "", "", "", "", "",
@@ -397,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
               f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}")
     meets = bool(time_ratio <= AIMS["time_ratio"] and ratio("ours", False) <= AIMS["extra_memory_ratio"])
 
-    _common.emit_json({
+    _common.emit_result({
         "benchmark": BENCHMARK,
         "time_ratio": round(time_ratio, 5),
         "extra_memory_ratio": round(ratio("ours", False), 5),
@@ -426,9 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "aims": AIMS,
         "meets_aims": meets,
         "config": asdict(size),
-        "machine": _common.machine_info(),
-        "quick": bool(args.quick),
-    })
+    }, quick=args.quick)
     return 0
 
 
