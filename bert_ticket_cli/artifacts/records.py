@@ -71,7 +71,7 @@ def _check_writable(path: Path) -> None:
                         f"choose a writable output_dir=PATH")
 
 
-def open_run(cfg: Any, *, is_main: bool = True) -> OpenedRun:
+def open_run(cfg: Any) -> OpenedRun:
     """Decide what to do with the run folder; changes nothing on disk (see :func:`commit_run`)."""
     rd = run_dir(cfg)
     if rd.summary.exists() and not cfg.overwrite:

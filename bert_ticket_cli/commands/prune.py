@@ -117,7 +117,7 @@ def run(cfg: RunConfig) -> int:
     engine = start_engine(cfg)
     main = engine.main
     try:
-        opened = open_run(cfg, is_main=main)
+        opened = open_run(cfg)
         engine.accelerator.wait_for_everyone()
         rd = opened.dir
         if opened.finished:

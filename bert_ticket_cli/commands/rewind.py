@@ -82,7 +82,7 @@ def train_ticket(cfg: RunConfig, *, from_pretrained: bool = False) -> int:
     engine = start_engine(cfg)
     main = engine.main
     try:
-        opened = open_run(cfg, is_main=main)
+        opened = open_run(cfg)
         engine.accelerator.wait_for_everyone()
         if opened.finished:
             summary = read_summary(opened.dir)
