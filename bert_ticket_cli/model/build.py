@@ -96,6 +96,10 @@ def build_model(model: ModelConfig, *, kind: str, num_labels: int, vocab_size: i
         config._attn_implementation = model.attn_implementation
         return _model_class(kind).from_config(config, attn_implementation=model.attn_implementation)
     _check_source(path, "model")
+    if Path(path).is_dir() and '"bert_ticket_compact"' in (Path(path) / "config.json").read_text():
+        from bert_ticket_cli.model.compact import load_compact  # heads / neurons sliced away
+
+        return load_compact(_model_class(kind), path, **overrides, **extra)
     try:
         config = AutoConfig.from_pretrained(path, **overrides, **extra)
         return _model_class(kind).from_pretrained(
