@@ -17,10 +17,6 @@ from typing import Any
 
 from bert_ticket_cli.errors import UserError
 
-#: Columns every run has (flattened summary keys); anything else is reachable as JSON.
-BASE_COLUMNS = ("verb", "run_name", "task", "model", "method", "seed", "sparsity", "main_metric",
-                "main_value", "steps", "train_time_s", "finished", "run_dir")
-
 
 def find_summaries(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("summary.json") if ".replaced-" not in str(p.parent))

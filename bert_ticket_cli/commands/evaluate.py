@@ -30,7 +30,7 @@ def run(cfg: RunConfig) -> int:
     if cfg.eval.checkpoint and not Path(cfg.eval.checkpoint).expanduser().is_dir():
         raise UserError(f"eval.checkpoint={cfg.eval.checkpoint} is not a directory: pass a saved model folder (a run's model/)")
     from bert_ticket_cli.data.pipeline import load_task_data, task_info
-    from bert_ticket_cli.engine.evaluate import main_metric_key, predict, split_metrics, to_predictions
+    from bert_ticket_cli.engine.evaluate import main_metric_key, make_evaluator, predict, to_predictions
     from bert_ticket_cli.engine.setup import make_accelerator, plan_batches, shutdown, world_size_from_env
     from bert_ticket_cli.model.build import build_model, load_tokenizer
 
@@ -60,12 +60,7 @@ def run(cfg: RunConfig) -> int:
         model = accelerator.prepare(model)
         commit_run(OpenedRun(rd), cfg, is_main=main)
 
-        metrics: dict[str, float] = {}
-        several = len(data.evals) > 1
-        for split, ds in data.evals.items():
-            out = predict(accelerator, model, ds, data.collate, cfg.eval.batch_size)
-            for k, v in split_metrics(data, split, out, max_answer_length=cfg.task.max_answer_length).items():
-                metrics[f"{split}/{k}" if several else k] = float(v)
+        metrics = make_evaluator(accelerator, data, cfg.eval.batch_size, cfg.task.max_answer_length)(model)
 
         written = []
         if cfg.eval.predict_test and data.tests:

@@ -30,7 +30,7 @@ import torch
 
 from bert_ticket_cli.artifacts.paths import RunDir, atomic_write_json
 from bert_ticket_cli.artifacts.records import (
-    commit_run, now, open_run, print_metrics_table, read_summary, write_summary,
+    commit_run, now, open_run, read_summary, write_summary,
 )
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import EXIT_PREEMPTED, UserError
@@ -199,8 +199,10 @@ def run(cfg: RunConfig) -> int:
             if trained.result.preempted:
                 return EXIT_PREEMPTED
             model = engine.accelerator.unwrap_model(trained.result.model)
-            head_prefix = getattr(model, "base_model_prefix", "bert") + "."
-            prev_head = {k: v for k, v in model_state(model).items() if not k.startswith(head_prefix)}
+            if not cfg.prune.reset_head:  # only then is the trained head carried to the next level
+                base = getattr(model, "base_model_prefix", "bert") + "."
+                prev_head = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+                             if not k.startswith(base)}
 
             # Next tickets, saved before this level is marked finished (resume needs them).
             if main:

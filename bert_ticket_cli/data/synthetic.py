@@ -16,9 +16,6 @@ from bert_ticket_cli.config.schema import SyntheticConfig
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 N_POLAR = 12  # positive and negative words each
 
-#: The task's description in the same shape as the GLUE tasks (built lazily: see task_info).
-TASK_NAME = "synthetic"
-
 
 def vocabulary(cfg: SyntheticConfig) -> list[str]:
     words = [f"w{i}" for i in range(cfg.vocab_size)]

@@ -7,7 +7,7 @@ identical with 1 or N processes.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -102,7 +102,3 @@ def make_evaluator(accelerator, data: TaskData, batch_size: int, max_answer_leng
 def main_metric_key(data: TaskData) -> str:
     first = next(iter(data.evals))
     return f"{first}/{data.info.main_metric}" if len(data.evals) > 1 else data.info.main_metric
-
-
-def format_metrics(metrics: dict[str, Any]) -> str:
-    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
