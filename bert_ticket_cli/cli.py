@@ -17,7 +17,7 @@ from bert_ticket_cli import __version__
 from bert_ticket_cli.errors import EXIT_USAGE, UserError
 
 VERBS = {
-    "prune": "Find tickets: method=imp|omp|random (earlybert and super_tickets in later releases).",
+    "prune": "Find tickets: method=imp|omp|random|earlybert (super_tickets in a later release).",
     "rewind": "Train a ticket from its rewind point, or with no ticket fine-tune the dense model (the full-model baseline), then evaluate.",
     "transfer": "Train a ticket found on task A on task B; with transfer.tickets/transfer.tasks, the whole matrix.",
     "pretrain": "MLM pre-training on a budget, and EarlyBERT pre-training (later release).",

@@ -69,3 +69,48 @@ def transfer_heatmap(matrix: dict[str, Any], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def earlybird_heatmap(data: dict[str, Any], path: Path, title: str) -> Path:
+    """EarlyBERT's Figure 2: the normalised Hamming distance between the structured masks drawn
+    at every early-bird check (x and y: the check steps), with the step the ticket was taken.
+
+    ``data`` is a run's ``earlybird.json``; a malformed one raises ``ValueError``.
+    """
+    import numpy as np
+
+    steps = [int(s) for s in data["steps"]]
+    grid = np.array(data["distance"], dtype=float)
+    n = len(steps)
+    if n == 0 or grid.shape != (n, n):
+        raise ValueError(f"distance is {grid.shape}, expected {n} x {n} for {n} check steps")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    im = ax.imshow(grid, cmap="viridis", origin="lower", vmin=0.0, vmax=max(float(np.nanmax(grid)), 1e-9))
+    every = max(1, n // 10)
+    ticks = list(range(0, n, every))
+    ax.set_xticks(ticks, [str(steps[i]) for i in ticks], rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(ticks, [str(steps[i]) for i in ticks], fontsize=7)
+    if n <= 12:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="black" if grid[i, j] > 0.6 * np.nanmax(grid) else "white")
+    found = data.get("found_at")
+    if found is not None and int(found) in steps:
+        k = steps.index(int(found))
+        ax.axvline(k, color="red", lw=1, ls="--")
+        ax.axhline(k, color="red", lw=1, ls="--")
+        ax.plot([k], [k], marker="*", ms=12, color="red", label=f"early bird at step {found}")
+        ax.legend(fontsize=7, loc="upper left")
+    ax.set_xlabel("training step of the mask")
+    ax.set_ylabel("training step of the mask")
+    sub = f"window {data.get('window')}, threshold {data.get('threshold')}"
+    ax.set_title(f"{title}\nmask distance ({sub})" if found is not None else f"{title}\nmask distance ({sub}); no early bird",
+                 fontsize=9)
+    fig.colorbar(im, ax=ax, label="normalised Hamming distance")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

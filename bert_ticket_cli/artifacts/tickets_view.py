@@ -69,6 +69,8 @@ def build(rows: list[dict[str, Any]]) -> list[TaskView]:
     for r in rows:
         if r.get("role") == "trajectory" or r.get("verb") == "eval" or r.get("main_value") is None:
             continue
+        if r.get("role") in ("earlybert", "stage") or r.get("ticket_kind") == "structured":
+            continue  # structured tickets (EarlyBERT): report view=earlybert
         value = r["main_value"]
         if not isinstance(value, (int, float)) or math.isnan(value):
             continue

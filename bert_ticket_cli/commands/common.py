@@ -123,12 +123,18 @@ def train_and_evaluate(
     save_model_to: Path | None = None,
     ticket: Any = None,
     on_ready: Callable[[], None] | None = None,
+    structure: tuple[torch.Tensor, torch.Tensor] | None = None,
+    prepare: Callable[[torch.nn.Module], tuple[list[Any], Callable[[], torch.Tensor] | None]] | None = None,
+    evaluate: bool = True,
 ) -> Trained:
     """Build the task model, load ``init_state``, apply ``masks``, train, evaluate.
 
     ``ticket`` is checked against the built model (a ticket for other shapes is a UserError);
-    ``on_ready`` runs once every input has loaded, just before training: commands create
-    their run folder there, so a failure before it writes nothing."""
+    ``structure`` = (kept heads, kept neurons) compacts the model physically after its weights
+    are loaded (a structured ticket); ``prepare(model)`` may change the model before training
+    and returns more hooks and a loss penalty (EarlyBERT's search); ``evaluate=False`` trains
+    without evaluating.  ``on_ready`` runs once every input has loaded, just before training:
+    commands create their run folder there, so a failure before it writes nothing."""
     from accelerate.utils import set_seed
 
     from bert_ticket_cli.engine.evaluate import main_metric_key, make_evaluator
@@ -143,24 +149,34 @@ def train_and_evaluate(
         load_into(model, init_state, base_only=base_only)
     if reinit_seed is not None:
         reinit_base(model, reinit_seed)
+    if structure is not None:
+        from bert_ticket_cli.model.compact import compact_
+
+        compact_(model, *structure)
     all_hooks = list(hooks)
+    penalty = None
+    if prepare is not None:
+        more_hooks, penalty = prepare(model)
+        all_hooks.extend(more_hooks)
     if masks:
         from bert_ticket_cli.sparsity.enforce import MaskEnforcer
 
         enforcer = MaskEnforcer(model, masks)
         enforcer.apply_weights()
         all_hooks.insert(0, enforcer)
-    evaluate = make_evaluator(engine.accelerator, data, cfg.eval.batch_size, cfg.task.max_answer_length)
+    evaluator = (make_evaluator(engine.accelerator, data, cfg.eval.batch_size, cfg.task.max_answer_length)
+                 if evaluate else None)
     if on_ready is not None:
         on_ready()
     result = fit(
         accelerator=engine.accelerator, model=model, train_dataset=data.train, collate=data.collate,
-        train=cfg.train, plan=engine.plan, seed=cfg.seed, run=run, evaluate=evaluate,
-        resume_from=resume_from, hooks=all_hooks, num_workers=cfg.engine.num_workers,
+        train=cfg.train, plan=engine.plan, seed=cfg.seed, run=run, evaluate=evaluator,
+        resume_from=resume_from, hooks=all_hooks, num_workers=cfg.engine.num_workers, penalty=penalty,
     )
     metrics: dict[str, float] = {}
-    if not result.preempted and result.state.evals:
-        metrics = {k: v for k, v in result.state.evals[-1].items() if k not in ("event", "step", "elapsed_s")}
+    if not result.preempted and (result.state.evals or not evaluate):
+        if result.state.evals:
+            metrics = {k: v for k, v in result.state.evals[-1].items() if k not in ("event", "step", "elapsed_s")}
         if masks:
             bad = all_hooks[0].check()
             if bad:

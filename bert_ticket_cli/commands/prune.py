@@ -6,6 +6,7 @@ method=imp     iterative magnitude pruning: train, prune the smallest surviving 
 method=omp     one-shot magnitude pruning of the fine-tuned dense weights at each of
                prune.sparsities, each ticket trained from the rewind point.
 method=random  random tickets at prune.sparsities (the random-pruning baseline), trained alike.
+method=earlybert  structured EarlyBERT tickets: see :mod:`bert_ticket_cli.commands.earlybert`.
 
 Level 0 is always the dense model (the full-model baseline of the run, and the source of the
 rewind point theta_i).  Every level is a sub-run with its own metrics, checkpoints and
@@ -35,16 +36,17 @@ from bert_ticket_cli.artifacts.records import (
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import EXIT_PREEMPTED, UserError
 
-METHODS = ("imp", "omp", "random")
-LATER = {"earlybert": "the EarlyBERT release", "super_tickets": "the super-tickets release"}
+METHODS = ("imp", "omp", "random", "earlybert")
+LATER = {"super_tickets": "the super-tickets release"}
 
 
 def _check(cfg: RunConfig) -> None:
     p = cfg.prune
     if cfg.method in LATER:
-        raise UserError(f"method={cfg.method} arrives with {LATER[cfg.method]}; available now: method=imp|omp|random")
+        raise UserError(f"method={cfg.method} arrives with {LATER[cfg.method]}; available now: "
+                        f"method=imp|omp|random|earlybert")
     if cfg.method not in METHODS:
-        raise UserError(f"prune needs method=imp|omp|random (got method={cfg.method})")
+        raise UserError(f"prune needs method=imp|omp|random|earlybert (got method={cfg.method})")
     errs = []
     if p.schedule not in ("linear", "geometric"):
         errs.append(f"prune.schedule must be linear or geometric, got {p.schedule!r}")
@@ -98,6 +100,10 @@ def _resume_step(checkpoint: Path | None) -> int:
 
 
 def run(cfg: RunConfig) -> int:
+    if cfg.method == "earlybert":
+        from bert_ticket_cli.commands import earlybert
+
+        return earlybert.run(cfg)
     _check(cfg)
     from accelerate.utils import set_seed
 

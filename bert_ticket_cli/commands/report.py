@@ -2,7 +2,8 @@
 
 ``task=mrpc method=dense`` (any ``key=value`` that is not a report setting) filters on any
 summary field, dotted for nested ones (``metrics.f1=0.9``); ``view=tickets`` aggregates over
-seeds with the lottery-ticket verdicts, ``plot=true`` draws the figures; ``columns=[metrics.f1]`` adds columns; ``format=csv|json`` prints
+seeds with the lottery-ticket verdicts, ``view=earlybert`` shows one row per EarlyBERT run (early-bird
+step, search / compact / dense times, time saving, dense and random-ticket baselines), ``plot=true`` draws the figures; ``columns=[metrics.f1]`` adds columns; ``format=csv|json`` prints
 machine-readable output instead of the rich table.
 """
 
@@ -39,7 +40,14 @@ def run(cfg: ReportConfig) -> int:
     rows = query(index, list(cfg.where))
     if cfg.view == "tickets":
         return _tickets(cfg, root, rows)
+    if cfg.view == "earlybert":
+        return _earlybert(cfg, root, rows, query(index, []) if cfg.where else rows)
+    from bert_ticket_cli.artifacts.earlybert_view import stage_run_name
+
     rows = [r for r in rows if r.get("role") != "trajectory"]  # its levels are rows of their own
+    for r in rows:  # EarlyBERT stage sub-runs (search / compact / dense) are named <run>/<stage>
+        if r.get("role") == "stage":
+            r["run_name"] = stage_run_name(r)
     columns = DEFAULT_COLUMNS + [c for c in cfg.columns if c not in DEFAULT_COLUMNS]
     rows.sort(key=lambda r: _sort_key(r.get(cfg.sort)))
 
@@ -107,4 +115,54 @@ def _tickets(cfg: ReportConfig, root: Path, rows: list[dict]) -> int:
         for matrix_file in sorted(root.glob("transfer/*/matrix.json")):
             path = out / f"transfer_{matrix_file.parent.name}.png"
             print(f"plot: {plots.transfer_heatmap(json.loads(matrix_file.read_text()), path)}")
+    return 0
+
+
+def _earlybert(cfg: ReportConfig, root: Path, rows: list[dict], all_rows: list[dict]) -> int:
+    """One row per EarlyBERT run; random tickets are looked up in ``all_rows`` (unfiltered)."""
+    from bert_ticket_cli.artifacts import earlybert_view
+
+    flat = earlybert_view.build(rows, all_rows)
+    if cfg.format == "json":
+        json.dump(flat, sys.stdout, indent=2, default=str)
+        print()
+    elif cfg.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(earlybert_view.FIELDS)
+        for r in flat:
+            writer.writerow([r[k] for k in earlybert_view.FIELDS])
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console() if sys.stdout.isatty() else Console(width=200)
+        if not flat:
+            console.print(f"no EarlyBERT runs (prune method=earlybert) under {root}"
+                          + (f" where {', '.join(cfg.where)}" if cfg.where else ""))
+        else:
+            t = Table(title="EarlyBERT: time saving = 1 - (search + compact) / dense training time; "
+                            "random ticket = mean over rewind ticket.variant=random runs")
+            for c in earlybert_view.TABLE_COLUMNS:
+                t.add_column(c, justify="left" if c in ("run", "task", "metric") else "right")
+            for r in flat:
+                t.add_row(*earlybert_view.display_row(r))
+            console.print(t)
+    if cfg.plot:
+        import re
+
+        from bert_ticket_cli.artifacts import plots
+
+        out = Path(cfg.plot_dir).expanduser() if cfg.plot_dir else root / "report"
+        for r in flat:
+            name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(r["run_name"]))
+            src = Path(r["earlybird_file"]) if r["earlybird_file"] else None
+            try:
+                if src is None:
+                    raise ValueError("no earlybird_file in its summary")
+                data = json.loads(src.read_text())
+                path = plots.earlybird_heatmap(data, out / f"earlybird_{name}.png", f"{r['run_name']} ({r['task']})")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                print(f"plot: skipped {r['run_name']}: earlybird.json missing or unreadable ({exc})")
+                continue
+            print(f"plot: {path}")
     return 0

@@ -7,6 +7,10 @@
 - ``reinit``: the same mask, encoder weights re-drawn from the model's initialiser (random
   re-initialisation baseline).
 
+A *structured* ticket (EarlyBERT: kept heads and FFN neurons) is trained physically
+compacted, from its rewind point (the pre-trained weights); ``random`` draws the same number
+of heads and neurons in every layer at random positions, ``reinit`` re-draws the weights.
+
 With no ticket this is dense fine-tuning, the full-model baseline of every experiment.
 Reads top to bottom: setup -> data and model -> train -> save.
 """
@@ -38,10 +42,10 @@ def load_ticket_run(cfg: RunConfig) -> tuple[Any, str, dict[str, Any]]:
     if cfg.ticket.variant not in VARIANTS:
         raise UserError(f"ticket.variant must be winning, random or reinit, got {cfg.ticket.variant!r}")
     ticket = Ticket.load(cfg.ticket.path)
-    if ticket.kind != "unstructured":
-        raise UserError("structured tickets (EarlyBERT, super tickets) arrive with their releases")
+    if ticket.kind == "structured" and (ticket.heads is None or ticket.neurons is None):
+        raise UserError(f"{cfg.ticket.path}: a structured ticket needs both heads and neurons to be trained")
     method = VARIANTS[cfg.ticket.variant] or str(ticket.meta.get("method", "ticket"))
-    facts = {"ticket": str(Path(cfg.ticket.path).resolve()), "ticket_variant": cfg.ticket.variant,
+    facts = {"ticket": str(Path(cfg.ticket.path).resolve()), "ticket_variant": cfg.ticket.variant, "ticket_kind": ticket.kind,
              "ticket_source_task": ticket.meta.get("source_task"), "ticket_level": ticket.meta.get("level"),
              "sparsity": ticket.sparsity()}
     return ticket, method, facts
@@ -49,11 +53,25 @@ def load_ticket_run(cfg: RunConfig) -> tuple[Any, str, dict[str, Any]]:
 
 def ticket_masks(cfg: RunConfig, ticket) -> tuple[dict, int | None]:
     """Masks and re-init seed of the chosen variant."""
+    if ticket.kind == "structured":
+        return {}, (cfg.ticket.seed if cfg.ticket.variant == "reinit" else None)
     if cfg.ticket.variant == "random":
         from bert_ticket_cli.methods.random_masks import random_like
 
         return random_like(ticket, seed=cfg.ticket.seed), None
     return ticket.masks, (cfg.ticket.seed if cfg.ticket.variant == "reinit" else None)
+
+
+def ticket_structure(cfg: RunConfig, ticket) -> tuple | None:
+    """(kept heads, kept neurons) of a structured ticket's chosen variant; None if unstructured."""
+    if ticket.kind != "structured":
+        return None
+    if cfg.ticket.variant == "random":
+        from bert_ticket_cli.methods.random_masks import random_units_like
+
+        return (random_units_like(ticket.heads, seed=cfg.ticket.seed, name="heads"),
+                random_units_like(ticket.neurons, seed=cfg.ticket.seed, name="neurons"))
+    return ticket.heads, ticket.neurons
 
 
 def run(cfg: RunConfig) -> int:
@@ -96,13 +114,14 @@ def train_ticket(cfg: RunConfig, *, from_pretrained: bool = False) -> int:
         tokenizer = load_tokenizer(cfg.model, cfg.task)
         with engine.accelerator.main_process_first():
             data = load_task_data(cfg, tokenizer, train=True)
-        init, masks, reinit, base_only = None, None, None, False
+        init, masks, reinit, base_only, structure = None, None, None, False, None
         if ticket is not None:
             rewind = None if from_pretrained else ticket.meta.get("rewind_weights")
             if rewind:
                 init = load_weights_file((Path(cfg.ticket.path) / rewind).resolve())
                 base_only = ticket.meta.get("source_task") != cfg.task.name  # another task: another head
             masks, reinit = ticket_masks(cfg, ticket)
+            structure = ticket_structure(cfg, ticket)
 
         def ready() -> None:  # every input loaded: now the run folder may change
             commit_run(opened, cfg, is_main=main)
@@ -120,7 +139,7 @@ def train_ticket(cfg: RunConfig, *, from_pretrained: bool = False) -> int:
         trained = train_and_evaluate(
             cfg, engine, data=data, tokenizer=tokenizer, run=opened.dir, init_state=init, base_only=base_only,
             masks=masks, reinit_seed=reinit, resume_from=opened.resume_from, save_model_to=opened.dir.model,
-            ticket=ticket, on_ready=ready,
+            ticket=ticket, on_ready=ready, structure=structure,
         )
         if trained.result.preempted:
             return EXIT_PREEMPTED

@@ -127,6 +127,36 @@ class EvalConfig:
 
 
 @dataclass
+class EarlyBertConfig:
+    """EarlyBERT (``prune method=earlybert``): search with slimming coefficients and L1, stop at
+    the early bird, train the compacted model (Chen et al., ACL 2021)."""
+
+    #: L1 weight on the attention-head coefficients and on the FFN-neuron coefficients.
+    l1_heads: float = 1e-4
+    l1_neurons: float = 1e-4
+    #: Fraction of heads removed (per layer by default: 1/3 = 4 of 12) and of FFN neurons
+    #: (over all layers by default: 40%).
+    head_fraction: float = 0.3333333333
+    neuron_fraction: float = 0.4
+    #: layer (the same count in every layer) or global (one ranking over all layers).
+    head_scope: str = "layer"
+    neuron_scope: str = "global"
+    #: Draw a ticket every N optimizer steps of the search.
+    check_every: int = 10
+    #: The early bird: the last ``window`` tickets all within ``threshold`` (normalised
+    #: Hamming distance) of the newest.
+    window: int = 5
+    threshold: float = 0.1
+    #: End the search when the early bird is found (false: search for search_steps and still
+    #: record every check, e.g. for the full distance heatmap).
+    stop_at_early_bird: bool = True
+    #: Most optimizer steps of the search; None = the training budget (train.epochs/max_steps).
+    search_steps: Optional[int] = None
+    #: Also fine-tune the dense model under the same budget (the time and accuracy baseline).
+    dense_baseline: bool = True
+
+
+@dataclass
 class PruneConfig:
     """How tickets are found (``bert-ticket prune``)."""
 
@@ -153,6 +183,8 @@ class PruneConfig:
     reset_head: bool = True
     #: omp / random: the sparsities produced in one run.
     sparsities: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    #: method=earlybert settings.
+    earlybert: EarlyBertConfig = field(default_factory=EarlyBertConfig)
 
 
 @dataclass
@@ -197,7 +229,7 @@ class RunConfig:
     overwrite: bool = False
     #: Tokenized-data cache; None = ~/.cache/bert_ticket.
     cache_dir: Optional[str] = None
-    #: Method: dense (no ticket), imp, omp, random; earlybert and super_tickets later.
+    #: Method: dense (no ticket), imp, omp, random, earlybert; super_tickets later.
     method: str = "dense"
     #: The ticket to train (``ticket=PATH`` is short for ``ticket.path=PATH``).
     ticket: TicketConfig = field(default_factory=TicketConfig)
@@ -228,9 +260,12 @@ class ReportConfig:
     #: table (rich), csv or json.
     format: str = "table"
     #: runs: one row per run; tickets: per task and sparsity, mean +- std over seeds of the
-    #: full model, IMP, OMP, random pruning and random re-init, with the matching verdicts.
+    #: full model, IMP, OMP, random pruning and random re-init, with the matching verdicts;
+    #: earlybert: per EarlyBERT run, early-bird step, search / compact / dense times, time saving,
+    #: dense and random-ticket baselines.
     view: str = "runs"
-    #: Draw the papers' figures (sparsity -> metric curves, transfer heatmaps) as PNG files.
+    #: Draw the papers' figures (sparsity -> metric curves, transfer heatmaps, EarlyBERT
+    #: mask-distance heatmaps) as PNG files.
     plot: bool = False
     #: Where the PNG files go; None = <output_dir>/report.
     plot_dir: Optional[str] = None

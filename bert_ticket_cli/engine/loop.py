@@ -28,6 +28,10 @@ from bert_ticket_cli.errors import UserError
 
 
 class StepHooks(Protocol):
+    """A hook may also have a ``stop_training`` attribute: when it turns true after a step,
+    that step is the last one (evaluated like the planned last step), e.g. EarlyBERT's search
+    ending at the early bird."""
+
     def before_step(self, model: torch.nn.Module) -> None: ...  # gradients ready, not applied
     def after_step(self, model: torch.nn.Module) -> None: ...  # weights updated
 
@@ -39,7 +43,8 @@ class TrainState:
     step: int = 0  # optimizer steps done
     epoch: int = 0
     step_in_epoch: int = 0
-    elapsed_s: float = 0.0  # training wall time, carried across resumes
+    elapsed_s: float = 0.0  # wall time since the start, evaluations included, carried across resumes
+    eval_s: float = 0.0  # the part of elapsed_s spent evaluating
     scheduler: dict[str, Any] = field(default_factory=dict)
     evals: list[dict[str, Any]] = field(default_factory=list)
 
@@ -50,8 +55,9 @@ class FitResult:
     state: TrainState
     preempted: bool
     steps_total: int
-    train_time_s: float
+    train_time_s: float  # wall time of training, evaluations excluded, across resumes
     samples_per_s: float
+    stopped_early: bool = False  # a hook ended training before the planned last step
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -166,7 +172,10 @@ def fit(
     resume_from=None,
     hooks: list[StepHooks] = (),
     num_workers: int = 0,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> FitResult:
+    """Train ``model``; ``penalty()`` (e.g. EarlyBERT's L1 on its coefficients) is added to
+    every micro-batch's loss (scaled for accumulation like it); logged losses are the task's."""
     per_epoch = steps_per_epoch(len(train_dataset), plan)
     n_steps = total_steps(train, per_epoch)
 
@@ -191,6 +200,7 @@ def fit(
     running_loss = torch.zeros((), device=accelerator.device)
     running_n = 0
     preempted = False
+    stopped_early = False
     done = state.step >= n_steps
 
     while not done:
@@ -210,7 +220,7 @@ def fit(
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
-                accelerator.backward(loss)
+                accelerator.backward(loss if penalty is None else loss + penalty())
                 if accelerator.sync_gradients:
                     for hook in hooks:
                         hook.before_step(model)
@@ -232,7 +242,8 @@ def fit(
             state.step_in_epoch += 1
             samples_session += plan.global_batch
             state.elapsed_s = time.perf_counter() - t_start
-            last = state.step >= n_steps
+            stopped_early = state.step < n_steps and any(getattr(h, "stop_training", False) for h in hooks)
+            last = state.step >= n_steps or stopped_early
 
             if state.step % train.log_every == 0 or last:
                 mean_loss = accelerator.reduce(running_loss / running_n, reduction="mean").item()
@@ -259,8 +270,11 @@ def fit(
                 or last
             )
             if want_eval:
+                t_eval = time.perf_counter()
                 metrics = evaluate(model)
                 model.train()
+                state.eval_s += time.perf_counter() - t_eval
+                state.elapsed_s = time.perf_counter() - t_start
                 record = {"event": "eval", "step": state.step, "elapsed_s": round(state.elapsed_s, 3), **metrics}
                 state.evals.append(record)
                 if main:
@@ -290,7 +304,8 @@ def fit(
     session = time.perf_counter() - t_session
     return FitResult(
         model=model, state=state, preempted=preempted, steps_total=n_steps,
-        train_time_s=state.elapsed_s, samples_per_s=samples_session / session if session > 0 else 0.0,
+        train_time_s=state.elapsed_s - state.eval_s,
+        samples_per_s=samples_session / session if session > 0 else 0.0, stopped_early=stopped_early,
     )
 
 
