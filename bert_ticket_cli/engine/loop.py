@@ -179,6 +179,10 @@ def fit(
     per_epoch = steps_per_epoch(len(train_dataset), plan)
     n_steps = total_steps(train, per_epoch)
 
+    # Forget the models and optimizers of earlier trainings in this process (IMP levels,
+    # EarlyBERT stages): save_state / load_state act on every prepared object, so a resumed
+    # later level would otherwise load the first level's weights into its own model.
+    accelerator.free_memory()
     optimizer = make_optimizer(model, train, deepspeed=getattr(accelerator.state, "deepspeed_plugin", None) is not None)
     model, optimizer = accelerator.prepare(model, optimizer)
     # Our own schedule stepping: Accelerate's wrapper would step it once per process.

@@ -29,7 +29,9 @@ def requested() -> int | None:
 
 
 def fault_injection(step: int) -> None:
-    """Test hook: ``BERT_TICKET_FAULT_AT_STEP=N:KILL|TERM`` kills this process after step N.
+    """Test hook: ``BERT_TICKET_FAULT_AT_STEP=N:KILL|TERM[:K]`` kills this process after step N
+    (of the K-th training in this process, default the first: IMP levels and EarlyBERT stages
+    each count their steps from 0).
 
     KILL simulates a crash (no chance to save: resume from the last periodic checkpoint);
     TERM simulates a Slurm pre-emption (graceful checkpoint, exit 75).
@@ -37,6 +39,12 @@ def fault_injection(step: int) -> None:
     spec = os.environ.get("BERT_TICKET_FAULT_AT_STEP")
     if not spec:
         return
-    at, _, how = spec.partition(":")
-    if int(at) == step and int(os.environ.get("RANK", "0")) == 0:
+    at, how, nth = (spec.split(":") + ["", ""])[:3]
+    if int(at) != step or int(os.environ.get("RANK", "0")) != 0:
+        return
+    _FAULT["seen"] += 1
+    if _FAULT["seen"] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL if how.upper() == "KILL" else signal.SIGTERM)
+
+
+_FAULT = {"seen": 0}

@@ -9,8 +9,8 @@ ranks by the signed value, which would keep a head whose coefficient went to -0.
 +0.1) and the smallest are removed: a fraction of the heads of *each layer* (default 1/3:
 4 of 12) and a fraction of *all* FFN neurons together (default 40%).  Either scope can be
 ``layer`` or ``global``.  Counts are exact: ``round_half_up(fraction * n)`` units removed per
-layer (layer scope) or over the whole model (global scope).  Ties go to the lower index (a
-stable sort), so a draw is a pure function of the scores.
+layer (layer scope) or over the whole model (global scope).  Of equal scores the lower index is
+removed first (a stable sort), so a draw is a pure function of the scores.
 
 *Early bird.*  At every check a ticket is drawn; the detector keeps the last ``window`` of them
 and fires when each is within ``threshold`` of the newest, in normalised Hamming distance

@@ -98,10 +98,10 @@ def test_random_and_reinit_variants(imp_run, tmp_path):
         assert same_positions == (variant == "reinit")
 
 
-def test_crash_mid_level_then_resume_gives_identical_tickets(imp_run, tmp_path):
+def test_crash_in_a_later_level_then_resume_gives_identical_tickets(imp_run, tmp_path):
     _, reference = imp_run
     args = ["prune", "method=imp", *BASE, "prune.levels=3", f"output_dir={tmp_path}", "train.save_every=7"]
-    r = cli(*args, env={"BERT_TICKET_FAULT_AT_STEP": "10:KILL"})
+    r = cli(*args, env={"BERT_TICKET_FAULT_AT_STEP": "10:KILL:2"})  # in level 1 (a later training)
     assert r.returncode == -9
     r = cli(*args, "resume=true")
     assert r.returncode == 0, r.stderr[-2000:]
