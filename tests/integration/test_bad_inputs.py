@@ -57,6 +57,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "nan loss": (["rewind", *TINY, "train.lr=1e12", "train.max_grad_norm=0", f"output_dir={tmp}/nan"], "loss"),
         "verb not built yet": (["pretrain"], "not available"),
         "method not built yet": (["prune", "method=super_tickets"], "super-tickets"),
+        "earlybert fraction out of range": (["prune", "method=earlybert", "prune.earlybert.neuron_fraction=1.2"],
+                                            "neuron_fraction"),
         "sparsity out of range": (["prune", "method=omp", "prune.sparsities=[0.5,1.5]"], "sparsity must be in [0, 1)"),
         "missing ticket": (["rewind", "ticket=/nonexistent/ticket"], "/nonexistent/ticket"),
         "eval without model": (["eval", "task=synthetic"], "eval.checkpoint"),
