@@ -35,6 +35,23 @@ def start_engine(cfg: RunConfig) -> Engine:
     return Engine(make_accelerator(cfg.engine, cfg.train, plan), plan)
 
 
+def load_inputs(cfg: RunConfig, engine: Engine) -> tuple[Any, Any, torch.nn.Module]:
+    """Tokenizer, task data (prepared by the main process first) and the starting model
+    theta_0 (the pre-trained weights, its task head drawn under ``cfg.seed``): what every
+    ticket-finding verb loads before it may touch the run folder."""
+    from accelerate.utils import set_seed
+
+    from bert_ticket_cli.data.pipeline import load_task_data
+    from bert_ticket_cli.model.build import build_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model, cfg.task)
+    with engine.accelerator.main_process_first():
+        data = load_task_data(cfg, tokenizer, train=True)
+    set_seed(cfg.seed)
+    theta0 = build_model(cfg.model, kind=data.info.kind, num_labels=data.info.num_labels, vocab_size=len(tokenizer))
+    return tokenizer, data, theta0
+
+
 def parse_rewind_point(spec: str, steps_per_epoch: int) -> int:
     """``0`` (theta_0), ``500it`` / ``500`` (optimizer steps) or ``0.5ep`` (epochs) -> steps."""
     text = str(spec).strip().lower()

@@ -162,12 +162,8 @@ class EarlyBirdSearch:
 
 def run(cfg: RunConfig) -> int:
     check_config(cfg)
-    from accelerate.utils import set_seed
-
-    from bert_ticket_cli.commands.common import model_state, save_weights, start_engine
-    from bert_ticket_cli.data.pipeline import load_task_data
+    from bert_ticket_cli.commands.common import load_inputs, model_state, save_weights, start_engine
     from bert_ticket_cli.engine.setup import shutdown
-    from bert_ticket_cli.model.build import build_model, load_tokenizer
 
     engine = start_engine(cfg)
     main = engine.main
@@ -183,12 +179,7 @@ def run(cfg: RunConfig) -> int:
         started = now()
 
         # ---- inputs (checked before anything is written) ----
-        tokenizer = load_tokenizer(cfg.model, cfg.task)
-        with engine.accelerator.main_process_first():
-            data = load_task_data(cfg, tokenizer, train=True)
-        set_seed(cfg.seed)
-        theta0 = build_model(cfg.model, kind=data.info.kind, num_labels=data.info.num_labels,
-                             vocab_size=len(tokenizer))
+        tokenizer, data, theta0 = load_inputs(cfg, engine)
         if not hasattr(getattr(theta0, "base_model", theta0), "encoder"):
             raise UserError(f"method=earlybert needs a BERT encoder; {cfg.model.name} has none")
         init = model_state(theta0)

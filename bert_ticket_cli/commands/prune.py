@@ -105,18 +105,14 @@ def run(cfg: RunConfig) -> int:
 
         return earlybert.run(cfg)
     _check(cfg)
-    from accelerate.utils import set_seed
-
     from bert_ticket_cli.commands.common import (
-        fit_extra, load_weights_file, model_state, parse_rewind_point, save_weights, start_engine,
+        fit_extra, load_inputs, load_weights_file, model_state, parse_rewind_point, save_weights, start_engine,
         train_and_evaluate,
     )
-    from bert_ticket_cli.data.pipeline import load_task_data
     from bert_ticket_cli.engine.loop import steps_per_epoch, total_steps
     from bert_ticket_cli.engine.setup import shutdown
     from bert_ticket_cli.methods.magnitude import global_magnitude_prune, layerwise_magnitude_prune, level_target
     from bert_ticket_cli.methods.random_masks import random_at_sparsity
-    from bert_ticket_cli.model.build import build_model, load_tokenizer
     from bert_ticket_cli.sparsity.prunable import model_id, prunable_parameters, total_parameters
     from bert_ticket_cli.sparsity.ticket import Ticket
 
@@ -134,12 +130,7 @@ def run(cfg: RunConfig) -> int:
         started = now()
 
         # ---- data, model, rewind point (inputs checked before anything is written) ----
-        tokenizer = load_tokenizer(cfg.model, cfg.task)
-        with engine.accelerator.main_process_first():
-            data = load_task_data(cfg, tokenizer, train=True)
-        set_seed(cfg.seed)
-        theta0 = build_model(cfg.model, kind=data.info.kind, num_labels=data.info.num_labels,
-                             vocab_size=len(tokenizer))
+        tokenizer, data, theta0 = load_inputs(cfg, engine)
         per_epoch = steps_per_epoch(len(data.train), engine.plan)
         rewind_at = parse_rewind_point(cfg.prune.rewind, per_epoch)
         if rewind_at >= total_steps(cfg.train, per_epoch):
