@@ -191,7 +191,7 @@ def train_and_evaluate(
         resume_from=resume_from, hooks=all_hooks, num_workers=cfg.engine.num_workers, penalty=penalty,
     )
     metrics: dict[str, float] = {}
-    if not result.preempted and (result.state.evals or not evaluate):
+    if not result.preempted:
         if result.state.evals:
             metrics = {k: v for k, v in result.state.evals[-1].items() if k not in ("event", "step", "elapsed_s")}
         if masks:

@@ -222,7 +222,7 @@ def _run_stage(stage: str, cfg: RunConfig, engine: Any, rd: RunDir, srd: RunDir,
                dense_params: int) -> dict[str, Any] | None:
     """Train one stage; its record, or None when a stop signal interrupted it."""
     from bert_ticket_cli.commands.common import fit_extra, train_and_evaluate
-    from bert_ticket_cli.commands.prune import _resume_step
+    from bert_ticket_cli.engine.loop import checkpoint_step
     from bert_ticket_cli.sparsity.ticket import Ticket
 
     main = engine.main
@@ -244,7 +244,7 @@ def _run_stage(stage: str, cfg: RunConfig, engine: Any, rd: RunDir, srd: RunDir,
 
         def prepare(model):
             slim = Slimming(model, l1_heads=eb.l1_heads, l1_neurons=eb.l1_neurons)
-            holder["search"] = EarlyBirdSearch(slim, eb, srd.root / CHECKS_FILE, start_step=_resume_step(resume),
+            holder["search"] = EarlyBirdSearch(slim, eb, srd.root / CHECKS_FILE, start_step=checkpoint_step(resume),
                                                main=main)
             return [holder["search"]], slim.penalty
 

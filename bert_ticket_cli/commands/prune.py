@@ -23,7 +23,6 @@ holds the trajectory sparsity -> metric.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +92,6 @@ class _CaptureRewind:
             save_weights(model_state(getattr(model, "module", model)), self.path)
 
 
-def _resume_step(checkpoint: Path | None) -> int:
-    if checkpoint is None:
-        return 0
-    return int(json.loads((checkpoint / "trainer_state.json").read_text())["step"])
-
-
 def run(cfg: RunConfig) -> int:
     if cfg.method == "earlybert":
         from bert_ticket_cli.commands import earlybert
@@ -109,7 +102,7 @@ def run(cfg: RunConfig) -> int:
         fit_extra, load_inputs, load_weights_file, model_state, parse_rewind_point, save_weights, start_engine,
         train_and_evaluate,
     )
-    from bert_ticket_cli.engine.loop import steps_per_epoch, total_steps
+    from bert_ticket_cli.engine.loop import checkpoint_step, steps_per_epoch, total_steps
     from bert_ticket_cli.engine.setup import shutdown
     from bert_ticket_cli.methods.magnitude import global_magnitude_prune, layerwise_magnitude_prune, level_target
     from bert_ticket_cli.methods.random_masks import random_at_sparsity
@@ -182,7 +175,7 @@ def run(cfg: RunConfig) -> int:
             hooks = []
             init = None if level == 0 else load_weights_file(rewind_file)
             if level == 0 and rewind_at > 0:
-                hooks.append(_CaptureRewind(rewind_at, rewind_file, _resume_step(resume), main))
+                hooks.append(_CaptureRewind(rewind_at, rewind_file, checkpoint_step(resume), main))
             if init is not None and not cfg.prune.reset_head and prev_head is not None:
                 init = {**init, **prev_head}  # the reference code's quirk: keep the trained head
             if main:

@@ -52,14 +52,16 @@ def load_ticket_run(cfg: RunConfig) -> tuple[Any, str, dict[str, Any]]:
 
 
 def ticket_masks(cfg: RunConfig, ticket) -> tuple[dict, int | None]:
-    """Masks and re-init seed of the chosen variant."""
+    """Masks and re-init seed of the chosen variant (a structured ticket has no masks: see
+    :func:`ticket_structure`)."""
+    reinit = cfg.ticket.seed if cfg.ticket.variant == "reinit" else None
     if ticket.kind == "structured":
-        return {}, (cfg.ticket.seed if cfg.ticket.variant == "reinit" else None)
+        return {}, reinit
     if cfg.ticket.variant == "random":
         from bert_ticket_cli.methods.random_masks import random_like
 
         return random_like(ticket, seed=cfg.ticket.seed), None
-    return ticket.masks, (cfg.ticket.seed if cfg.ticket.variant == "reinit" else None)
+    return ticket.masks, reinit
 
 
 def ticket_structure(cfg: RunConfig, ticket) -> tuple | None:

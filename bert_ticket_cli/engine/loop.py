@@ -57,7 +57,6 @@ class FitResult:
     steps_total: int
     train_time_s: float  # wall time of training, evaluations excluded, across resumes
     samples_per_s: float
-    stopped_early: bool = False  # a hook ended training before the planned last step
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -135,6 +134,13 @@ def _save_checkpoint(accelerator, run: RunDir, state: TrainState, scheduler, kee
     accelerator.wait_for_everyone()
 
 
+def checkpoint_step(checkpoint) -> int:
+    """The optimizer step a checkpoint was written at (0 for none: a fresh start)."""
+    if checkpoint is None:
+        return 0
+    return int(json.loads((checkpoint / TRAINER_STATE).read_text())["step"])
+
+
 def _load_checkpoint(accelerator, path, scheduler) -> TrainState:
     accelerator.load_state(str(path))
     raw = json.loads((path / TRAINER_STATE).read_text())
@@ -204,7 +210,6 @@ def fit(
     running_loss = torch.zeros((), device=accelerator.device)
     running_n = 0
     preempted = False
-    stopped_early = False
     done = state.step >= n_steps
 
     while not done:
@@ -246,8 +251,7 @@ def fit(
             state.step_in_epoch += 1
             samples_session += plan.global_batch
             state.elapsed_s = time.perf_counter() - t_start
-            stopped_early = state.step < n_steps and any(getattr(h, "stop_training", False) for h in hooks)
-            last = state.step >= n_steps or stopped_early
+            last = state.step >= n_steps or any(getattr(h, "stop_training", False) for h in hooks)
 
             if state.step % train.log_every == 0 or last:
                 mean_loss = accelerator.reduce(running_loss / running_n, reduction="mean").item()
@@ -309,7 +313,7 @@ def fit(
     return FitResult(
         model=model, state=state, preempted=preempted, steps_total=n_steps,
         train_time_s=state.elapsed_s - state.eval_s,
-        samples_per_s=samples_session / session if session > 0 else 0.0, stopped_early=stopped_early,
+        samples_per_s=samples_session / session if session > 0 else 0.0,
     )
 
 

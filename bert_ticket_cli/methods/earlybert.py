@@ -110,10 +110,3 @@ class EarlyBird:
             return False
         newest = self._recent[-1]
         return all(ticket_distance(t, newest) <= self.threshold for t in list(self._recent)[:-1])
-
-    def distances(self) -> list[float]:
-        """Distances of the tickets in the window to the newest (oldest first)."""
-        if not self._recent:
-            return []
-        newest = self._recent[-1]
-        return [ticket_distance(t, newest) for t in self._recent]
