@@ -292,15 +292,19 @@ class Masker:
 
     ``round(p * len(ids))`` positions (at least one, at most the non-special ones) are drawn
     without replacement among the non-special tokens; each becomes ``[MASK]`` with probability
-    0.8, a random non-special token with 0.1, and stays with 0.1.
+    0.8, a random non-special token with 0.1, and stays with 0.1.  ``max_predictions``
+    (None = no cap) caps that count, as BERT's pre-training data does (20 for 128 tokens).
     """
 
-    def __init__(self, tokenizer: Any, probability: float = 0.15):
+    def __init__(self, tokenizer: Any, probability: float = 0.15, max_predictions: int | None = None):
         import torch
 
         if not 0.0 < float(probability) < 1.0:
             raise UserError(f"task.mlm_probability must be in (0, 1), got {probability}")
+        if max_predictions is not None and int(max_predictions) < 1:
+            raise UserError(f"max_predictions must be at least 1, got {max_predictions}")
         self.probability = float(probability)
+        self.max_predictions = None if max_predictions is None else int(max_predictions)
         self.mask_id = _special_id(tokenizer, "mask_token_id")
         size = max(len(tokenizer), max(tokenizer.all_special_ids, default=0) + 1)
         special = torch.zeros(size, dtype=torch.bool)
@@ -312,8 +316,11 @@ class Masker:
             raise UserError("the tokenizer has only special tokens: nothing to mask")
 
     def fingerprint(self) -> str:
-        blob = json.dumps([MASK_VERSION, self.probability, self.mask_id, self.special.nonzero().squeeze(1).tolist(),
-                           int(self.special.numel())])
+        parts = [MASK_VERSION, self.probability, self.mask_id, self.special.nonzero().squeeze(1).tolist(),
+                 int(self.special.numel())]
+        if self.max_predictions is not None:  # uncapped maskers keep their earlier fingerprint
+            parts.append(self.max_predictions)
+        blob = json.dumps(parts)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def selectable(self, ids: torch.Tensor) -> torch.Tensor:
@@ -335,6 +342,8 @@ class Masker:
         if n == 0:
             return out, labels
         k = min(n, max(1, int(self.probability * ids.numel() + 0.5)))
+        if self.max_predictions is not None:
+            k = min(k, self.max_predictions)
         g = torch.Generator().manual_seed(int(seed))
         chosen = candidates[torch.randperm(n, generator=g)[:k]]
         u = torch.rand(k, generator=g)
