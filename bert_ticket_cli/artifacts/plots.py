@@ -114,3 +114,64 @@ def earlybird_heatmap(data: dict[str, Any], path: Path, title: str) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+#: Line style per EarlyBERT stage in the pre-training loss plot (a dense run: solid).
+_STAGE_STYLE = {"search": "--", "dense": ":"}
+
+
+def pretrain_loss(curves: list[dict[str, Any]], path: Path, log_y: bool | None = None) -> Path:
+    """Pre-training loss against elapsed wall time, one colour per run: training loss as a thin
+    line, validation MLM loss as markers joined by a line; an EarlyBERT run's search stage dashed,
+    its dense baseline (when trained) dotted.
+
+    ``curves`` comes from ``pretrain_view.curves`` (points ``(elapsed_s, loss)``).  The x axis is
+    in hours, in minutes when every curve ends within 2 h; ``log_y`` None = a log y axis when the
+    losses span more than a factor of 4 (a run from scratch starts near ln(vocab) ~ 10).
+    """
+    from matplotlib.lines import Line2D
+
+    if not curves:
+        raise ValueError("no loss curves to plot")
+    points = [p for c in curves for p in c["train"] + c["eval"]]
+    end = max(t for t, _ in points)
+    scale, unit = (60.0, "min") if end < 2 * 3600 else (3600.0, "h")
+    losses = [v for _, v in points]
+    if log_y is None:
+        log_y = min(losses) > 0 and max(losses) / min(losses) > 4
+    plt = _pyplot()
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    runs = list(dict.fromkeys(c["run"] for c in curves))
+    color = {r: palette[i % len(palette)] for i, r in enumerate(runs)}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for c in curves:
+        ls = _STAGE_STYLE.get(c.get("stage"), "-")
+        col = color[c["run"]]
+        if c["train"]:
+            ax.plot([t / scale for t, _ in c["train"]], [v for _, v in c["train"]], color=col, lw=0.7,
+                    alpha=0.6, ls=ls)
+        if c["eval"]:
+            ax.plot([t / scale for t, _ in c["eval"]], [v for _, v in c["eval"]], color=col, lw=1.5, ls=ls,
+                    marker="o", ms=4)
+    # One entry per curve (run, or run (search) / run (compact)), then what the two styles mean.
+    handles = [Line2D([], [], color=color[c["run"]], lw=2, ls=_STAGE_STYLE.get(c.get("stage"), "-"),
+                      label=c["label"]) for c in curves]
+    handles.append(Line2D([], [], color="gray", lw=0.7, alpha=0.6, label="training loss"))
+    handles.append(Line2D([], [], color="gray", lw=1.5, marker="o", ms=4, label="validation MLM loss"))
+    if log_y:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 2, 3, 4 ... rather than 2 x 10^0
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+    ax.set_xlabel(f"elapsed ({unit})")
+    ax.set_ylabel("MLM loss")
+    ax.set_title("pre-training: loss vs elapsed time")
+    ax.grid(alpha=0.3, which="both" if log_y else "major")
+    ax.legend(handles=handles, fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -2,9 +2,12 @@
 
 ``task=mrpc method=dense`` (any ``key=value`` that is not a report setting) filters on any
 summary field, dotted for nested ones (``metrics.f1=0.9``); ``view=tickets`` aggregates over
-seeds with the lottery-ticket verdicts, ``view=earlybert`` shows one row per EarlyBERT run (early-bird
-step, search / compact / dense times, time saving, dense and random-ticket baselines), ``plot=true`` draws the figures; ``columns=[metrics.f1]`` adds columns; ``format=csv|json`` prints
-machine-readable output instead of the rich table.
+seeds with the lottery-ticket verdicts, ``view=earlybert`` shows one row per EarlyBERT run
+(early-bird step, search / compact / dense times, time saving, dense and random-ticket
+baselines), ``view=pretrain`` one row per pre-training run (budget, elapsed time, steps,
+tokens/s, stop reason, final validation MLM loss); ``plot=true`` draws the figures;
+``columns=[metrics.f1]`` adds columns; ``format=csv|json`` prints machine-readable output
+instead of the rich table.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def run(cfg: ReportConfig) -> int:
         return _tickets(cfg, root, rows)
     if cfg.view == "earlybert":
         return _earlybert(cfg, root, rows, query(index, []) if cfg.where else rows)
+    if cfg.view == "pretrain":
+        return _pretrain(cfg, root, rows)
     from bert_ticket_cli.artifacts.earlybert_view import stage_run_name
 
     rows = [r for r in rows if r.get("role") != "trajectory"]  # its levels are rows of their own
@@ -165,4 +170,45 @@ def _earlybert(cfg: ReportConfig, root: Path, rows: list[dict], all_rows: list[d
                 print(f"plot: skipped {r['run_name']}: earlybird.json missing or unreadable ({exc})")
                 continue
             print(f"plot: {path}")
+    return 0
+
+
+def _pretrain(cfg: ReportConfig, root: Path, rows: list[dict]) -> int:
+    """One row per pre-training run; ``plot=true``: their loss against elapsed time in one figure."""
+    from bert_ticket_cli.artifacts import pretrain_view
+
+    flat = pretrain_view.build(rows)
+    if cfg.format == "json":
+        json.dump(flat, sys.stdout, indent=2, default=str)
+        print()
+    elif cfg.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(pretrain_view.FIELDS)
+        for r in flat:
+            writer.writerow([r[k] for k in pretrain_view.FIELDS])
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console() if sys.stdout.isatty() else Console(width=200)
+        if not flat:
+            console.print(f"no pre-training runs (bert-ticket pretrain) under {root}"
+                          + (f" where {', '.join(cfg.where)}" if cfg.where else ""))
+        else:
+            t = Table(title="pre-training: final validation MLM loss / accuracy / perplexity; times are wall "
+                            "clock (elapsed includes evaluation); search / compact: EarlyBERT stages")
+            for c in pretrain_view.TABLE_COLUMNS:
+                t.add_column(c, justify="left" if c in ("run", "model", "method", "stop") else "right")
+            for r in flat:
+                t.add_row(*pretrain_view.display_row(r))
+            console.print(t)
+    if cfg.plot and flat:
+        from bert_ticket_cli.artifacts import plots
+
+        out = Path(cfg.plot_dir).expanduser() if cfg.plot_dir else root / "report"
+        curves = pretrain_view.curves(flat, root)
+        if curves:
+            print(f"plot: {plots.pretrain_loss(curves, out / 'pretrain_loss.png')}")
+        else:
+            print("plot: skipped pretrain_loss.png: no metrics.jsonl with loss points in the runs' folders")
     return 0

@@ -177,8 +177,8 @@ def _check_values(obj: Any) -> list[str]:
     if not isinstance(obj, RunConfig):
         if getattr(obj, "format", "table") not in ("table", "csv", "json"):
             errs.append(f"'format' must be table, csv or json, got {obj.format!r}")
-        if getattr(obj, "view", "runs") not in ("runs", "tickets", "earlybert"):
-            errs.append(f"'view' must be runs, tickets or earlybert, got {obj.view!r}")
+        if getattr(obj, "view", "runs") not in ("runs", "tickets", "earlybert", "pretrain"):
+            errs.append(f"'view' must be runs, tickets, earlybert or pretrain, got {obj.view!r}")
         return errs
     t, e, k = obj.train, obj.engine, obj.task
     if t.batch_size <= 0:
