@@ -20,7 +20,8 @@ VERBS = {
     "prune": "Find tickets: method=imp|omp|random|earlybert (super_tickets in a later release).",
     "rewind": "Train a ticket from its rewind point, or with no ticket fine-tune the dense model (the full-model baseline), then evaluate.",
     "transfer": "Train a ticket found on task A on task B; with transfer.tickets/transfer.tasks, the whole matrix.",
-    "pretrain": "MLM pre-training on a budget, and EarlyBERT pre-training (later release).",
+    "pretrain": "MLM pre-training on a wall-clock budget (academic-budget recipe), method=earlybert for "
+                "EarlyBERT pre-training; 'pretrain prepare ...' only prepares the data.",
     "eval": "Evaluate a saved model on a task's dev splits; eval.predict_test=true writes GLUE leaderboard TSVs.",
 }
 
@@ -28,7 +29,7 @@ EXAMPLES = {
     "prune": "bert-ticket prune method=imp task=mrpc",
     "rewind": "bert-ticket rewind task=mrpc model=bert-base-uncased train.lr=2e-5 seed=3",
     "transfer": "bert-ticket transfer ticket=runs/prune/mnli-bert-base-uncased-imp-s42/tickets/level-07 task=rte",
-    "pretrain": "bert-ticket pretrain",
+    "pretrain": "bert-ticket pretrain pretrain.data.corpus=[corpus/] pretrain.budget=24h engine=deepspeed_zero2_bf16",
     "eval": "bert-ticket eval task=sst2 eval.checkpoint=runs/rewind/sst2-tiny-s42/model",
     "report": "bert-ticket report task=mrpc method=dense columns=[metrics.f1] format=table",
 }
@@ -88,6 +89,9 @@ def run_verb(verb: str, overrides: list[str], show_cfg: bool, debug: bool) -> in
     _quiet_libraries()
     try:
         overrides = list(overrides or [])
+        prepare_only = verb == "pretrain" and overrides[:1] == ["prepare"]  # bert-ticket pretrain prepare ...
+        if prepare_only:
+            overrides = overrides[1:]
         filters: list[str] = []
         if verb == "report":  # report: key=value on anything but its own settings is a filter
             own = ("output_dir", "where", "columns", "sort", "format", "view", "plot", "plot_dir")
@@ -102,7 +106,7 @@ def run_verb(verb: str, overrides: list[str], show_cfg: bool, debug: bool) -> in
         import importlib
 
         module = importlib.import_module(f"bert_ticket_cli.commands.{verb.replace('eval', 'evaluate')}")
-        status = module.run(cfg)
+        status = module.run(cfg, prepare_only_=True) if prepare_only else module.run(cfg)
         return int(status or 0)
     except UserError as exc:
         if debug:

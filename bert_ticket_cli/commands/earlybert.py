@@ -301,7 +301,7 @@ def _save_search_outputs(cfg: RunConfig, rd: RunDir, search: EarlyBirdSearch, he
 
 
 def _write_run_summary(cfg: RunConfig, rd: RunDir, records: dict[str, dict[str, Any]], started: str,
-                       dense_params: int) -> dict[str, Any]:
+                       dense_params: int, more: dict[str, Any] | None = None) -> dict[str, Any]:
     search, compact, dense = records["search"], records["compact"], records.get("dense")
     tdir = ticket_dir(rd).resolve()
     ticket = json.loads((tdir / "ticket.json").read_text())
@@ -323,6 +323,7 @@ def _write_run_summary(cfg: RunConfig, rd: RunDir, records: dict[str, dict[str, 
         "sparsity": ticket["sparsity"]["prunable"],
         "kept_heads": ticket["structure"]["kept_heads"], "kept_neurons": ticket["structure"]["kept_neurons"],
         "steps": compact["steps"], "train_time_s": compact["train_time_s"],
+        **(more or {}),
     }
     return write_summary(rd, cfg, metrics=compact["metrics"], main_metric=compact["main_metric"], started=started,
                          extra=extra)

@@ -213,6 +213,76 @@ class TransferConfig:
 
 
 @dataclass
+class PretrainDataConfig:
+    """The prepared pre-training data (``bert-ticket pretrain prepare``): packed blocks, K
+    statically masked copies, a held-out validation split, as memory-mapped Arrow shards."""
+
+    #: Text sources: files, folders (every .txt / .raw / .tokens / .jsonl / .json inside, sorted)
+    #: or ``hub:NAME[:CONFIG]`` (a hub dataset's train split).
+    corpus: list[str] = field(default_factory=list)
+    #: Held-out text for validation (same forms); empty = hold out validation_fraction of the
+    #: corpus's documents (chosen by the seed).
+    validation: list[str] = field(default_factory=list)
+    validation_fraction: float = 0.01
+    #: Prepared-data folder; None = <cache_dir>/pretrain/<fingerprint of the settings>.
+    dir: Optional[str] = None
+    #: Tokenizer: ``model`` = model.tokenizer (or model.name_or_path); ``train`` = train a
+    #: WordPiece tokenizer on the corpus (offline); or a hub id / local tokenizer folder.
+    tokenizer: str = "train"
+    #: Trained tokenizer: vocabulary size and lower-casing (BERT uncased: 30522, true).
+    vocab_size: int = 30522
+    lowercase: bool = True
+    #: Tokens per sequence ([CLS] + sentences + [SEP]; 128 in the recipe).
+    seq_length: int = 128
+    #: Fraction of a sequence's tokens predicted, round(p x length), capped by max_predictions.
+    mlm_probability: float = 0.15
+    max_predictions: int = 20
+    #: Duplication factor K: K copies of the corpus, each with its own static masks.
+    duplication: int = 10
+    #: Rows per Arrow shard file.
+    shard_rows: int = 100000
+    #: Rows per shuffle chunk when reading (the order is a permutation of chunks, then of rows
+    #: inside each chunk: start-up cost does not grow with the corpus).
+    shuffle_chunk: int = 65536
+
+
+@dataclass
+class EarlyStopConfig:
+    #: Stop when validation MLM loss is still above ``loss`` once ``after`` of the budget is
+    #: spent (a duration: 3h, 90min, 600s); None = never.
+    loss: Optional[float] = None
+    after: Optional[str] = None
+
+
+@dataclass
+class PretrainConfig:
+    """Academic-budget MLM pre-training (``bert-ticket pretrain``; Izsak et al., EMNLP 2021)."""
+
+    #: The prepared data (``bert-ticket pretrain prepare``).
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    #: Wall-clock budget of training (24h, 90min, 900s): the deadline, and the end of the LR decay.
+    budget: str = "24h"
+    #: wall: the schedule and the deadline follow elapsed time (the recipe); steps: they follow
+    #: optimizer steps to train.max_steps (reproducible runs and tests).
+    clock: str = "wall"
+    #: Linear warm-up over this fraction of the budget, then linear decay to 0 at the budget.
+    warmup_proportion: float = 0.06
+    #: Validate (MLM loss / accuracy on the held-out split) every this much elapsed time (a
+    #: duration) and at the end; also every train.eval_every steps when that is set.
+    eval_every: str = "30min"
+    #: Write a resumable checkpoint every this much elapsed time (and every train.save_every steps).
+    save_every: str = "30min"
+    #: Stop early when the validation loss is still above a threshold after a time.
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    #: Divergence stop: fp16 loss scale below this counts as collapsed.
+    min_loss_scale: float = 1.0
+    #: Validation sequences used (None = all of the held-out split).
+    max_eval_samples: Optional[int] = 2000
+    #: Start from random weights (scratch) or from model.name_or_path's weights (pretrained).
+    init: str = "scratch"
+
+
+@dataclass
 class RunConfig:
     """Root schema shared by the training and evaluation verbs."""
 
@@ -237,6 +307,8 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     #: Tickets x tasks (``transfer``).
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    #: MLM pre-training on a budget (``pretrain``).
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -262,10 +334,11 @@ class ReportConfig:
     #: runs: one row per run; tickets: per task and sparsity, mean +- std over seeds of the
     #: full model, IMP, OMP, random pruning and random re-init, with the matching verdicts;
     #: earlybert: per EarlyBERT run, early-bird step, search / compact / dense times, time saving,
-    #: dense and random-ticket baselines.
+    #: dense and random-ticket baselines; pretrain: per pre-training run, budget, elapsed time,
+    #: steps, tokens/s, stop reason, final validation MLM loss / accuracy / perplexity.
     view: str = "runs"
     #: Draw the papers' figures (sparsity -> metric curves, transfer heatmaps, EarlyBERT
-    #: mask-distance heatmaps) as PNG files.
+    #: mask-distance heatmaps, pre-training loss vs elapsed time) as PNG files.
     plot: bool = False
     #: Where the PNG files go; None = <output_dir>/report.
     plot_dir: Optional[str] = None

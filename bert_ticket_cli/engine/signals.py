@@ -40,7 +40,7 @@ def fault_injection(step: int) -> None:
     if not spec:
         return
     at, how, nth = (spec.split(":") + ["", ""])[:3]
-    if int(at) != step or int(os.environ.get("RANK", "0")) != 0:
+    if how.upper() == "NAN" or int(at) != step or int(os.environ.get("RANK", "0")) != 0:
         return
     _FAULT["seen"] += 1
     if _FAULT["seen"] == int(nth or 1):
@@ -48,3 +48,11 @@ def fault_injection(step: int) -> None:
 
 
 _FAULT = {"seen": 0}
+
+
+def poison_loss(step: int) -> bool:
+    """Test hook: ``BERT_TICKET_FAULT_AT_STEP=N:NAN`` makes the loss of optimizer step N (1-based)
+    NaN on every rank: the divergence stop is tested through the real CLI."""
+    spec = os.environ.get("BERT_TICKET_FAULT_AT_STEP", "")
+    at, _, how = spec.partition(":")
+    return how.split(":")[0].upper() == "NAN" and at.isdigit() and int(at) == step

@@ -119,8 +119,21 @@ def load_compact(model_class: Any, path: str | Path, **kwargs: Any) -> nn.Module
     for f in files:
         state.update(load_file(str(f)))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    # Tied weights (an MLM decoder) may be absent from the file; anything else is an error.
-    real_missing = [m for m in missing if not m.endswith("decoder.weight")]
+    # The encoder must match exactly.  Outside it, a head may differ as from_pretrained allows:
+    # a compact pre-trained MLM model loads into a classifier (the MLM head unused; the task head
+    # and pooler freshly initialised), but a head the file has *part* of is an error.  Tied
+    # weights (an MLM decoder) may be absent from the file.
+    base = getattr(model, "base_model_prefix", "bert") + "."
+
+    def in_encoder(name: str) -> bool:
+        return name.startswith(base) and ".pooler." not in name
+
+    def head_of(name: str) -> str:
+        return base + "pooler." if name.startswith(base) else name.split(".")[0] + "."
+
+    real_missing = [m for m in missing if not m.endswith(("decoder.weight", "decoder.bias"))
+                    and (in_encoder(m) or any(k.startswith(head_of(m)) for k in state))]
+    unexpected = [u for u in unexpected if in_encoder(u)]
     if real_missing or unexpected:
         raise UserError(f"{path}: weights do not match the stored sizes "
                         f"(missing {real_missing[:3]}, unexpected {list(unexpected)[:3]})")

@@ -82,3 +82,22 @@ def test_build_model_loads_a_compacted_directory(tmp_path):
     loaded = build_model(ModelConfig(name="x"), kind="classification", num_labels=3, source=str(tmp_path))
     assert compact_sizes(loaded.config) == compact_sizes(small.config)
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in small.parameters())
+
+
+def test_a_compact_mlm_model_loads_into_a_classifier_but_a_partial_head_is_an_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import BertForMaskedLM
+
+    heads, neurons = _structure()
+    torch.manual_seed(0)
+    mlm = compact_(BertForMaskedLM(BertConfig(**CFG)), heads, neurons)
+    mlm.save_pretrained(tmp_path, safe_serialization=True)
+    clf = load_compact(BertForSequenceClassification, tmp_path)  # MLM head dropped, classifier new
+    assert torch.equal(clf.bert.encoder.layer[0].attention.self.query.weight,
+                       mlm.bert.encoder.layer[0].attention.self.query.weight)
+    weights = tmp_path / "model.safetensors"
+    state = load_file(str(weights))
+    del state["cls.predictions.transform.dense.weight"]  # an MLM head with a hole in it
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(UserError, match="transform.dense.weight"):
+        load_compact(BertForMaskedLM, tmp_path)

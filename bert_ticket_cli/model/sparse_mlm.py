@@ -1,0 +1,171 @@
+"""Sparse token prediction for masked-language-model pre-training (Izsak et al., EMNLP 2021).
+
+A BERT MLM spends most of a small model's training step in its output head: the decoder
+(``hidden x vocab``, 30522 columns for bert-base-uncased) and the softmax over the
+vocabulary run on every position of every sequence, although only the ~15 % of positions
+that were masked have a label.  :class:`SparseBertForMaskedLM` runs the encoder as usual and
+the MLM head (transform + tied decoder) on the hidden states of the predicted positions only.
+The loss is the same number the dense head gives (cross-entropy averaged over the predicted
+tokens); the compute and memory of the head shrink by ``seq_len / predictions`` (128 / 20).
+
+It *is* a :class:`transformers.BertForMaskedLM`: same modules, same parameters, same
+state-dict keys, same tied decoder.  Only ``forward`` (and the ``architectures`` entry that
+``save_pretrained`` writes) differ, so a saved model loads in plain transformers
+(``BertForMaskedLM.from_pretrained`` / ``AutoModelForMaskedLM.from_pretrained``) with no
+missing or unexpected keys and computes the same dense logits there.
+
+``forward`` takes one of three label formats:
+
+* ``mlm_positions`` [B, P] + ``mlm_labels`` [B, P] -- the collated pre-training format: the
+  positions of the predicted tokens in each row and their target ids; a row with fewer than
+  ``P`` predictions is padded with position 0 and label -100 (padding slots are skipped);
+* ``labels`` [B, L] -- the standard Hugging Face format (-100 where nothing is predicted);
+  the same sparse computation on the positions where ``labels != -100``;
+* neither -- ``BertForMaskedLM.forward`` unchanged: logits [B, L, V] for every position.
+
+In the two sparse cases ``logits`` of the returned ``MaskedLMOutput`` are **per predicted
+token**: a [M, V] tensor (M = number of labels that are not -100), one row per predicted
+token in row-major order of (batch row, slot) -- for ``labels`` [B, L], (batch row,
+position).  :func:`sparse_targets` gives the [M] target ids in that same order, so an
+evaluator can compute accuracy and summed loss from ``out.logits`` and
+``sparse_targets(labels)``.  ``loss`` is float32 also under bf16 autocast (the logits are cast
+before the cross-entropy).
+
+The gather is index arithmetic on tensors (no Python loop over rows), and ``forward`` is a
+plain differentiable function of the parameters (no custom autograd), so DDP and DeepSpeed
+wrappers see an ordinary module; a batch with nothing to predict gives a zero loss whose graph
+still reaches every parameter (zero gradients), so no rank of a DDP job stalls on it.
+Selecting the valid positions makes the number of rows M data-dependent: on a GPU that costs
+one host synchronisation per forward.  Positions must lie in [0, L) where the label is not -100
+(padding slots are never read).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import BertForMaskedLM
+from transformers.modeling_outputs import MaskedLMOutput
+
+IGNORE_INDEX = -100
+#: What ``save_pretrained`` writes as ``architectures`` (plain transformers knows this class).
+PLAIN_ARCHITECTURE = "BertForMaskedLM"
+
+
+def sparse_targets(mlm_labels: torch.Tensor) -> torch.Tensor:
+    """The target ids of the predicted tokens, [M], in the row order of the sparse ``logits``.
+
+    Works for both label formats (``mlm_labels`` [B, P] and ``labels`` [B, L]): the labels that
+    are not -100, in row-major order.
+    """
+    return mlm_labels[mlm_labels.ne(IGNORE_INDEX)].long()
+
+
+def _flat_indices(mlm_positions: torch.Tensor | None, labels: torch.Tensor | None, seq_len: int
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(indices into the flattened [B*L] sequence, target ids or None), both [M], row-major.
+
+    With ``mlm_positions`` [B, P], ``labels`` are its per-slot labels [B, P] (None: every slot
+    is predicted); without, ``labels`` are per-position labels [B, L].
+    """
+    if mlm_positions is None:
+        flat_labels = labels.reshape(-1)
+        index = flat_labels.ne(IGNORE_INDEX).nonzero().squeeze(1)
+        return index, flat_labels.index_select(0, index).long()
+    if mlm_positions.dim() != 2 or (labels is not None and mlm_positions.shape != labels.shape):
+        raise ValueError(f"mlm_positions {tuple(mlm_positions.shape)} and mlm_labels "
+                         f"{None if labels is None else tuple(labels.shape)} must both be [batch, predictions]")
+    rows = torch.arange(mlm_positions.shape[0], device=mlm_positions.device).unsqueeze(1)
+    flat = (rows * seq_len + mlm_positions.long()).reshape(-1)
+    if labels is None:
+        return flat, None
+    flat_labels = labels.reshape(-1)
+    keep = flat_labels.ne(IGNORE_INDEX).nonzero().squeeze(1)
+    return flat.index_select(0, keep), flat_labels.index_select(0, keep).long()
+
+
+class SparseBertForMaskedLM(BertForMaskedLM):
+    """``BertForMaskedLM`` whose MLM head runs only on the predicted positions (see module doc)."""
+
+    sparse_targets = staticmethod(sparse_targets)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        mlm_positions: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> MaskedLMOutput | tuple:
+        """MLM forward; sparse (logits [M, V], see :func:`sparse_targets`) when labels are given.
+
+        ``mlm_positions`` [B, P] / ``mlm_labels`` [B, P]: predicted positions and their target
+        ids (padding: position 0, label -100).  ``labels`` [B, L]: the standard format.
+        ``mlm_positions`` without ``mlm_labels``: logits at every given slot ([B*P, V]), no
+        loss.  Neither: the dense ``BertForMaskedLM.forward`` (logits [B, L, V]).
+        """
+        if mlm_labels is not None and mlm_positions is None:
+            raise ValueError("mlm_labels needs mlm_positions (the positions the labels belong to)")
+        if labels is not None and mlm_positions is not None:
+            raise ValueError("give either labels [B, L] or mlm_positions + mlm_labels [B, P], not both")
+        if labels is None and mlm_positions is None:
+            out = super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                  position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
+            return out.to_tuple() if return_dict is False else out
+
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
+        sequence_output = outputs[0]  # [B, L, H]
+        batch, seq_len, hidden = sequence_output.shape
+        if labels is not None and labels.shape != (batch, seq_len):
+            raise ValueError(f"labels {tuple(labels.shape)} must be [batch, seq_len] = {(batch, seq_len)}")
+        index, targets = _flat_indices(mlm_positions, labels if labels is not None else mlm_labels, seq_len)
+        selected = sequence_output.reshape(batch * seq_len, hidden).index_select(0, index)  # [M, H]
+        logits = self.cls(selected)  # [M, V]
+        loss = None
+        if targets is not None:
+            if targets.numel():
+                loss = F.cross_entropy(logits.float(), targets)
+            else:  # nothing to predict: a zero that still reaches every head parameter
+                loss = logits.float().sum() * 0.0
+        out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                             attentions=outputs.attentions)
+        return out.to_tuple() if return_dict is False else out
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, is_main_process: bool = True,
+                        **kwargs: Any) -> Any:
+        """``PreTrainedModel.save_pretrained``, with ``architectures: ["BertForMaskedLM"]`` in
+        config.json, so tools that read that field build the plain class (the weights are the
+        same).  With ``push_to_hub`` the uploaded config still names this class."""
+        result = super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        self.config.architectures = [PLAIN_ARCHITECTURE]
+        should_save = getattr(self, "should_save_on_this_rank", None)
+        if should_save(is_main_process) if should_save is not None else is_main_process:
+            self.config.save_pretrained(save_directory)
+        return result
+
+
+def from_masked_lm(model: BertForMaskedLM) -> SparseBertForMaskedLM:
+    """Turn a ``BertForMaskedLM`` (built, loaded or compacted) into a
+    :class:`SparseBertForMaskedLM`, in place, and return it.
+
+    The subclass adds no module, parameter or attribute, only methods, so this reassigns
+    ``model.__class__``: no copy, the same parameter tensors (the decoder stays tied to the word
+    embeddings), hooks and config.  Call it before wrapping the model (DDP, DeepSpeed).
+    A model that already is sparse is returned as it is; anything that is not a
+    ``BertForMaskedLM`` raises ``TypeError``.
+    """
+    if isinstance(model, SparseBertForMaskedLM):
+        return model
+    if type(model) is not BertForMaskedLM:
+        raise TypeError(f"from_masked_lm expects a transformers BertForMaskedLM, got {type(model).__name__}")
+    model.__class__ = SparseBertForMaskedLM
+    return model
