@@ -155,13 +155,14 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_path)
     assert not (run / "summary.json").exists() and not (run / "model").exists()
 
 
-def test_early_stop_on_validation_loss(prepared, tmp_path):
+def test_early_stop_on_validation_loss_in_bf16(prepared, tmp_path):
     out = tmp_path / "runs"
     r = cli("pretrain", *_args(prepared, out, "pretrain.budget=10min", "train.eval_every=3", "pretrain.early_stop.loss=0.01",
-                               "pretrain.early_stop.after=0s", "run_name=early"))
+                               "pretrain.early_stop.after=0s", "engine.mixed_precision=bf16", "run_name=early"))
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "pretrain" / "early" / "summary.json").read_text())
     assert summary["stop_reason"] == "early_stop" and summary["steps"] == 3
+    assert summary["mixed_precision"] == "bf16" and summary["metrics"]["mlm_loss"] > 0.01
     assert "early stop" in r.stdout
 
 

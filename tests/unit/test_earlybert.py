@@ -13,7 +13,6 @@ from bert_ticket_cli.methods.earlybert import (
 )
 from bert_ticket_cli.model.compact import compact_
 from bert_ticket_cli.model.slimming import Slimming
-from bert_ticket_cli.sparsity.ticket import Ticket
 
 CFG = dict(vocab_size=50, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, intermediate_size=30,
            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2)
