@@ -351,8 +351,9 @@ def fit_budget(
                           "tokens_per_s": round(tokens_session / session, 1) if session > 0 else None}
                 if main:
                     append_jsonl(run.metrics, record)
-                progress.line(f"step {state.step}  loss {record['loss']:.4f}  lr {lr:.3g}  "
-                              f"{state.elapsed_s / 60:.1f}/{budget.seconds / 60:.1f} min  "
+                where = (f"step {state.step}/{budget.max_steps}  {state.elapsed_s / 60:.1f} min" if steps_clock else
+                         f"step {state.step}  {state.elapsed_s / 60:.1f}/{budget.seconds / 60:.1f} min")
+                progress.line(f"{where}  loss {record['loss']:.4f}  lr {lr:.3g}  "
                               f"{record['tokens_per_s'] or 0:.0f} tok/s")
                 log_loss, log_steps = 0.0, 0
             progress.advance(state.step if steps_clock else min(total, int(state.elapsed_s)))
