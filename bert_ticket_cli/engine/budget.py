@@ -27,11 +27,9 @@ start-up does not grow with the corpus.
 from __future__ import annotations
 
 import json
-import logging
 import math
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +39,7 @@ from torch.utils.data import DataLoader
 from bert_ticket_cli.artifacts.paths import TRAINER_STATE, RunDir, append_jsonl, atomic_write_json
 from bert_ticket_cli.config.schema import TrainConfig
 from bert_ticket_cli.engine import signals
-from bert_ticket_cli.engine.loop import make_optimizer
+from bert_ticket_cli.engine.loop import make_optimizer, save_checkpoint
 from bert_ticket_cli.engine.progress import Progress
 from bert_ticket_cli.engine.setup import BatchPlan
 from bert_ticket_cli.errors import UserError
@@ -128,34 +126,6 @@ class BudgetResult:
 
 class Diverged(UserError):
     """Training diverged; nothing was checkpointed after the last good step."""
-
-
-def save_checkpoint(accelerator, run: RunDir, state: BudgetState, keep: int) -> None:
-    """Accelerate state into ``.tmp-step-N``, our JSON state last, then one rename (a folder
-    without ``trainer_state.json`` is never taken for a checkpoint)."""
-    final = run.checkpoint(state.step)
-    tmp = final.with_name(f".tmp-{final.name}")
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    # safetensors stores the tied MLM decoder once; Accelerate warns about it on every save
-    # (harmless: the weights are re-tied on load), which would drown the run's own lines.
-    quiet = logging.getLogger("accelerate.utils.other")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        accelerator.save_state(str(tmp), safe_serialization=True)
-    finally:
-        quiet.setLevel(level)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / TRAINER_STATE, asdict(state))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in run.list_checkpoints()[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
 
 
 def load_checkpoint(accelerator, path: Path) -> BudgetState:

@@ -9,6 +9,7 @@ later) plug in through :class:`StepHooks` and never see Accelerate.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -110,21 +111,31 @@ def total_steps(train: TrainConfig, per_epoch: int) -> int:
     return int(train.max_steps) if train.max_steps else max(1, math.ceil(train.epochs * per_epoch))
 
 
-def _save_checkpoint(accelerator, run: RunDir, state: TrainState, scheduler, keep: int) -> None:
+def save_checkpoint(accelerator, run: RunDir, state: Any, keep: int, scheduler=None) -> None:
     """Accelerate state into a temporary folder, our JSON state last, then one rename.
 
     A folder without ``trainer_state.json`` is never taken for a checkpoint, so a crash in the
-    middle leaves the previous checkpoint in charge.
+    middle leaves the previous checkpoint in charge.  ``state`` is a dataclass (``TrainState``,
+    or the budget loop's); a ``scheduler``'s state goes into it.
     """
     final = run.checkpoint(state.step)
     tmp = final.with_name(f".tmp-{final.name}")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    # safetensors stores a tied MLM decoder once; Accelerate warns about it on every save
+    # (harmless: the weights are re-tied on load), which would drown the run's own lines.
+    quiet = logging.getLogger("accelerate.utils.other")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    finally:
+        quiet.setLevel(level)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state.scheduler = scheduler.state_dict()
+        if scheduler is not None:
+            state.scheduler = scheduler.state_dict()
         atomic_write_json(tmp / TRAINER_STATE, asdict(state))
         if final.exists():
             shutil.rmtree(final)
@@ -294,12 +305,12 @@ def fit(
 
             signals.fault_injection(state.step)
             if not last and _stop_requested(accelerator, state.step):
-                _save_checkpoint(accelerator, run, state, scheduler, train.keep_checkpoints)
+                save_checkpoint(accelerator, run, state, train.keep_checkpoints, scheduler)
                 progress.line(f"stop signal: checkpoint written at step {state.step}; resume with resume=true")
                 preempted = True
                 break
             if train.save_every and state.step % train.save_every == 0 and not last:
-                _save_checkpoint(accelerator, run, state, scheduler, train.keep_checkpoints)
+                save_checkpoint(accelerator, run, state, train.keep_checkpoints, scheduler)
             if last:
                 done = True
                 break
