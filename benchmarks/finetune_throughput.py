@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from bert_ticket_cli.engine.batches import EpochBatches
+    from bert_ticket_cli.engine.batches import StepBatches, epoch_order
 
     n1 = size.warmup_steps
     n2 = size.warmup_steps + size.steps
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     # The rows fit visits, step by step: the project's own sampler for (seed, epoch 0), so
     # the baseline sees the same examples in the same order (a user would shuffle with a
     # DataLoader; the order does not change the cost, only makes the losses comparable).
-    index_batches = list(EpochBatches(len(dataset), seed=args.seed, epoch=0, global_batch=size.batch,
+    index_batches = list(StepBatches(epoch_order(len(dataset), args.seed, 0), global_batch=size.batch,
                                       micro_batch=size.batch, world_size=1, rank=0, steps=n2))
 
     torch.manual_seed(args.seed)

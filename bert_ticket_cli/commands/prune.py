@@ -102,7 +102,8 @@ def run(cfg: RunConfig) -> int:
         fit_extra, load_inputs, load_weights_file, model_state, parse_rewind_point, save_weights, start_engine,
         train_and_evaluate,
     )
-    from bert_ticket_cli.engine.loop import checkpoint_step, steps_per_epoch, total_steps
+    from bert_ticket_cli.engine.batches import steps_per_epoch
+    from bert_ticket_cli.engine.loop import checkpoint_step, total_steps
     from bert_ticket_cli.engine.setup import shutdown
     from bert_ticket_cli.methods.magnitude import global_magnitude_prune, layerwise_magnitude_prune, level_target
     from bert_ticket_cli.methods.random_masks import random_at_sparsity
@@ -124,7 +125,7 @@ def run(cfg: RunConfig) -> int:
 
         # ---- data, model, rewind point (inputs checked before anything is written) ----
         tokenizer, data, theta0 = load_inputs(cfg, engine)
-        per_epoch = steps_per_epoch(len(data.train), engine.plan)
+        per_epoch = steps_per_epoch(len(data.train), engine.plan.global_batch)
         rewind_at = parse_rewind_point(cfg.prune.rewind, per_epoch)
         if rewind_at >= total_steps(cfg.train, per_epoch):
             raise UserError(f"prune.rewind={cfg.prune.rewind} ({rewind_at} steps) is not inside the "

@@ -55,7 +55,7 @@ Masking runs :class:`Masker` once per row (about 10k rows/s per process; ``num_p
 it over processes).
 
 Reading: :func:`open_prepared` memory-maps the K copies as one training set;
-:class:`PretrainBatches` orders them with :class:`ChunkedOrder` (a permutation of chunks, then of
+``engine.batches.StepBatches`` orders them with ``engine.batches.ChunkedOrder`` (a permutation of chunks, then of
 the rows inside each chunk, computed lazily), so start-up cost does not depend on the corpus
 size and a resumed run needs no sampler state; :class:`PretrainCollator` pads a batch.
 """
@@ -72,7 +72,6 @@ import re
 import shutil
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -964,122 +963,3 @@ class PretrainCollator:
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention),
                 "token_type_ids": torch.zeros((n, self.seq_length), dtype=torch.long),
                 "mlm_positions": torch.from_numpy(positions), "mlm_labels": torch.from_numpy(labels)}
-
-
-# --------------------------------------------------------------------------------------------
-# Data order
-# --------------------------------------------------------------------------------------------
-
-
-def steps_per_epoch(n: int, global_batch: int) -> int:
-    """Whole optimizer steps in one pass over ``n`` rows (the last partial batch is skipped)."""
-    steps = int(n) // int(global_batch)
-    if steps == 0:
-        raise UserError(f"the prepared data has {n} training rows, fewer than one global batch of "
-                        f"{global_batch}: lower train.batch_size or prepare more text")
-    return steps
-
-
-class ChunkedOrder:
-    """One epoch's order of ``n`` rows without an array of size ``n``.
-
-    The rows are cut into chunks of ``chunk`` consecutive rows (the last may be shorter).  The
-    epoch visits the chunks in a permutation drawn from ``(seed, epoch)``, and the rows of each
-    chunk in a permutation drawn from ``(seed, epoch, chunk index)``, computed when first needed
-    and cached (a few chunks).  Memory: 8 bytes per chunk plus the cached chunks.
-    """
-
-    def __init__(self, n: int, *, seed: int, epoch: int, chunk: int, cache: int = 4):
-        if n < 0 or chunk < 1:
-            raise ValueError(f"bad ChunkedOrder(n={n}, chunk={chunk})")
-        self.n, self.chunk, self.seed, self.epoch = int(n), int(chunk), _u64(seed), int(epoch)
-        self.n_chunks = -(-self.n // self.chunk)
-        self.last = self.n - (self.n_chunks - 1) * self.chunk if self.n else 0
-        slots = np.arange(self.n_chunks, dtype=np.int32 if self.n_chunks < 2**31 else np.int64)
-        np.random.default_rng([self.seed, self.epoch, 0]).shuffle(slots)
-        #: slot j of the epoch holds chunk slots[j].
-        self.slots = slots
-        self.short_slot = int(np.flatnonzero(slots == self.n_chunks - 1)[0]) if self.n_chunks else 0
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._cache_size = max(1, int(cache))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def _slot_start(self, j: int) -> int:
-        return j * self.chunk - (self.chunk - self.last if j > self.short_slot else 0)
-
-    def _slot_at(self, p: int) -> int:
-        boundary = self.short_slot * self.chunk
-        if p < boundary:
-            return p // self.chunk
-        if p < boundary + self.last:
-            return self.short_slot
-        return self.short_slot + 1 + (p - boundary - self.last) // self.chunk
-
-    def chunk_rows(self, c: int) -> np.ndarray:
-        """The rows of chunk ``c`` in this epoch's order."""
-        rows = self._cache.get(c)
-        if rows is None:
-            size = self.last if c == self.n_chunks - 1 else self.chunk
-            rows = np.random.default_rng([self.seed, self.epoch, 1, c]).permutation(size) + c * self.chunk
-            self._cache[c] = rows
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(c)
-        return rows
-
-    def take(self, lo: int, hi: int) -> np.ndarray:
-        """The rows at positions ``[lo, hi)`` of the epoch's order."""
-        lo, hi = max(0, int(lo)), min(self.n, int(hi))
-        pieces = []
-        p = lo
-        while p < hi:
-            j = self._slot_at(p)
-            start = self._slot_start(j)
-            rows = self.chunk_rows(int(self.slots[j]))
-            end = min(hi, start + len(rows))
-            pieces.append(rows[p - start:end - start])
-            p = end
-        return np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
-
-    def __getitem__(self, key: int | slice) -> Any:
-        if isinstance(key, slice):
-            lo, hi, step = key.indices(self.n)
-            if step != 1:
-                raise ValueError("ChunkedOrder slices take no step")
-            return self.take(lo, hi)
-        p = int(key) + (self.n if int(key) < 0 else 0)
-        if not 0 <= p < self.n:
-            raise IndexError(key)
-        return int(self.take(p, p + 1)[0])
-
-
-class PretrainBatches:
-    """A batch sampler for one rank and one epoch over a :class:`ChunkedOrder` (as
-    :class:`bert_ticket_cli.engine.batches.EpochBatches`: step ``s`` takes positions
-    ``[s*B, (s+1)*B)``; micro-batch ``a`` of rank ``r`` is the ``(a*world + r)``-th slice of
-    ``micro`` rows inside it)."""
-
-    def __init__(self, n: int, *, seed: int, epoch: int, global_batch: int, micro_batch: int, world_size: int,
-                 rank: int, steps: int, start_step: int = 0, chunk: int = 65536):
-        if global_batch % (micro_batch * world_size):
-            raise ValueError(f"global batch {global_batch} is not a multiple of micro batch {micro_batch} x "
-                             f"{world_size} processes")
-        if steps * global_batch > n:
-            raise ValueError(f"{steps} steps of {global_batch} rows need more than the {n} rows")
-        self.order = ChunkedOrder(n, seed=seed, epoch=epoch, chunk=chunk)
-        self.global_batch, self.micro, self.world, self.rank = global_batch, micro_batch, world_size, rank
-        self.accumulation = global_batch // (micro_batch * world_size)
-        self.steps, self.start_step = steps, start_step
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in range(self.start_step, self.steps):
-            base = step * self.global_batch
-            for a in range(self.accumulation):
-                lo = base + (a * self.world + self.rank) * self.micro
-                yield self.order.take(lo, lo + self.micro).tolist()
-
-    def __len__(self) -> int:
-        return max(0, self.steps - self.start_step) * self.accumulation

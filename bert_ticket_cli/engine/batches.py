@@ -1,30 +1,126 @@
 """Which examples each process sees, as a pure function of (seed, epoch, step).
 
-Every epoch is one permutation drawn from ``(seed, epoch)``.  Optimizer step ``s`` consumes
-the slice ``order[s*B:(s+1)*B]`` of the global batch ``B``; inside it, micro-batch ``a`` of
-rank ``r`` is the ``(a*world + r)``-th chunk of ``micro`` examples.  So the union of what all
-ranks see in a step does not depend on the number of processes or the accumulation, and a
-resumed run restarts exactly at ``(epoch, step_in_epoch)`` with no sampler state to save.
+One sampler, :class:`StepBatches`, over an epoch *order* (anything sliced as ``order[lo:hi]``
+into an array of row indices): a full permutation drawn from ``(seed, epoch)``
+(:func:`epoch_order`, fine-tuning), or :class:`ChunkedOrder`, which never holds an array of
+the corpus's size (pre-training).  Optimizer step ``s`` consumes positions ``[s*B, (s+1)*B)``
+of the order for the global batch ``B``; inside it, micro-batch ``a`` of rank ``r`` is the
+``(a*world + r)``-th slice of ``micro`` examples.  So the union of what all ranks see in a step
+does not depend on the number of processes or the accumulation, and a resumed run restarts
+exactly at ``(epoch, step_in_epoch)`` with no sampler state to save.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections import OrderedDict
+from typing import Any, Iterator
 
 import numpy as np
 
+from bert_ticket_cli.errors import UserError
+
+
+def steps_per_epoch(n: int, global_batch: int) -> int:
+    """Whole optimizer steps in one pass over ``n`` examples (the last partial batch is dropped)."""
+    steps = int(n) // int(global_batch)
+    if steps == 0:
+        raise UserError(f"the training set has {n} examples, fewer than one global batch "
+                        f"(train.batch_size={global_batch}): lower train.batch_size or add data")
+    return steps
+
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """One epoch's permutation of ``n`` examples."""
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-class EpochBatches:
-    """A batch sampler (``DataLoader(batch_sampler=...)``) for one rank and one epoch."""
+class ChunkedOrder:
+    """One epoch's order of ``n`` rows without an array of size ``n``.
 
-    def __init__(self, n: int, *, seed: int, epoch: int, global_batch: int, micro_batch: int,
-                 world_size: int, rank: int, steps: int, start_step: int = 0):
-        assert global_batch == micro_batch * world_size * (global_batch // (micro_batch * world_size))
-        self.order = epoch_order(n, seed, epoch)
+    The rows are cut into chunks of ``chunk`` consecutive rows (the last may be shorter).  The
+    epoch visits the chunks in a permutation drawn from ``(seed, epoch)``, and the rows of each
+    chunk in a permutation drawn from ``(seed, epoch, chunk index)``, computed when first needed
+    and cached (a few chunks).  Memory: 8 bytes per chunk plus the cached chunks.
+    """
+
+    def __init__(self, n: int, *, seed: int, epoch: int, chunk: int, cache: int = 4):
+        if n < 0 or chunk < 1:
+            raise ValueError(f"bad ChunkedOrder(n={n}, chunk={chunk})")
+        self.n, self.chunk, self.seed, self.epoch = int(n), int(chunk), int(seed) & ((1 << 64) - 1), int(epoch)
+        self.n_chunks = -(-self.n // self.chunk)
+        self.last = self.n - (self.n_chunks - 1) * self.chunk if self.n else 0
+        slots = np.arange(self.n_chunks, dtype=np.int32 if self.n_chunks < 2**31 else np.int64)
+        np.random.default_rng([self.seed, self.epoch, 0]).shuffle(slots)
+        #: slot j of the epoch holds chunk slots[j].
+        self.slots = slots
+        self.short_slot = int(np.flatnonzero(slots == self.n_chunks - 1)[0]) if self.n_chunks else 0
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache_size = max(1, int(cache))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _slot_start(self, j: int) -> int:
+        return j * self.chunk - (self.chunk - self.last if j > self.short_slot else 0)
+
+    def _slot_at(self, p: int) -> int:
+        boundary = self.short_slot * self.chunk
+        if p < boundary:
+            return p // self.chunk
+        if p < boundary + self.last:
+            return self.short_slot
+        return self.short_slot + 1 + (p - boundary - self.last) // self.chunk
+
+    def chunk_rows(self, c: int) -> np.ndarray:
+        """The rows of chunk ``c`` in this epoch's order."""
+        rows = self._cache.get(c)
+        if rows is None:
+            size = self.last if c == self.n_chunks - 1 else self.chunk
+            rows = np.random.default_rng([self.seed, self.epoch, 1, c]).permutation(size) + c * self.chunk
+            self._cache[c] = rows
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(c)
+        return rows
+
+    def take(self, lo: int, hi: int) -> np.ndarray:
+        """The rows at positions ``[lo, hi)`` of the epoch's order."""
+        lo, hi = max(0, int(lo)), min(self.n, int(hi))
+        pieces = []
+        p = lo
+        while p < hi:
+            j = self._slot_at(p)
+            start = self._slot_start(j)
+            rows = self.chunk_rows(int(self.slots[j]))
+            end = min(hi, start + len(rows))
+            pieces.append(rows[p - start:end - start])
+            p = end
+        return np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
+
+    def __getitem__(self, key: int | slice) -> Any:
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(self.n)
+            if step != 1:
+                raise ValueError("ChunkedOrder slices take no step")
+            return self.take(lo, hi)
+        p = int(key) + (self.n if int(key) < 0 else 0)
+        if not 0 <= p < self.n:
+            raise IndexError(key)
+        return int(self.take(p, p + 1)[0])
+
+
+class StepBatches:
+    """A batch sampler (``DataLoader(batch_sampler=...)``) for one rank and one epoch of ``order``."""
+
+    def __init__(self, order: Any, *, global_batch: int, micro_batch: int, world_size: int, rank: int,
+                 steps: int, start_step: int = 0):
+        if global_batch % (micro_batch * world_size):
+            raise ValueError(f"global batch {global_batch} is not a multiple of micro batch {micro_batch} x "
+                             f"{world_size} processes")
+        if steps * global_batch > len(order):
+            raise ValueError(f"{steps} steps of {global_batch} rows need more than the {len(order)} rows")
+        self.order = order
         self.global_batch, self.micro, self.world, self.rank = global_batch, micro_batch, world_size, rank
         self.accumulation = global_batch // (micro_batch * world_size)
         self.steps, self.start_step = steps, start_step
@@ -37,4 +133,4 @@ class EpochBatches:
                 yield self.order[lo: lo + self.micro].tolist()
 
     def __len__(self) -> int:
-        return (self.steps - self.start_step) * self.accumulation
+        return max(0, self.steps - self.start_step) * self.accumulation

@@ -19,7 +19,7 @@ What differs from :func:`bert_ticket_cli.engine.loop.fit` (fine-tuning by epochs
   rank's loss sum, token count, non-finite flag, stop signal and clock, so all ranks take the
   same decision (the slowest rank's clock is the run's clock).
 
-The data order is :class:`bert_ticket_cli.data.pretraining.PretrainBatches`: chunked
+The data order is :class:`bert_ticket_cli.engine.batches.ChunkedOrder`: chunked
 permutations, a pure function of (seed, epoch, step), so resuming needs no sampler state and
 start-up does not grow with the corpus.
 """
@@ -172,7 +172,7 @@ def fit_budget(
     label: str = "pretrain",
 ) -> BudgetResult:
     """Train ``model`` until the budget (or max_steps / an early stop / a signal) ends it."""
-    from bert_ticket_cli.data.pretraining import PretrainBatches, steps_per_epoch
+    from bert_ticket_cli.engine.batches import ChunkedOrder, StepBatches, steps_per_epoch
 
     per_epoch = steps_per_epoch(len(train_dataset), plan.global_batch)
     accelerator.free_memory()  # forget earlier stages' prepared objects (see loop.fit)
@@ -225,10 +225,10 @@ def fit_budget(
     lr = 0.0
 
     while not last:
-        batches = PretrainBatches(
-            len(train_dataset), seed=seed, epoch=state.epoch, global_batch=plan.global_batch,
-            micro_batch=plan.micro_batch, world_size=plan.world_size, rank=accelerator.process_index,
-            steps=per_epoch, start_step=state.step_in_epoch, chunk=shuffle_chunk,
+        batches = StepBatches(
+            ChunkedOrder(len(train_dataset), seed=seed, epoch=state.epoch, chunk=shuffle_chunk),
+            global_batch=plan.global_batch, micro_batch=plan.micro_batch, world_size=plan.world_size,
+            rank=accelerator.process_index, steps=per_epoch, start_step=state.step_in_epoch,
         )
         loader = DataLoader(train_dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
                             pin_memory=accelerator.device.type == "cuda",

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from bert_ticket_cli.artifacts.paths import TRAINER_STATE, RunDir, append_jsonl, atomic_write_json
 from bert_ticket_cli.config.schema import TrainConfig
 from bert_ticket_cli.engine import signals
-from bert_ticket_cli.engine.batches import EpochBatches
+from bert_ticket_cli.engine.batches import StepBatches, epoch_order, steps_per_epoch
 from bert_ticket_cli.engine.progress import Progress
 from bert_ticket_cli.engine.setup import BatchPlan
 from bert_ticket_cli.errors import UserError
@@ -95,16 +95,6 @@ def make_schedule(optimizer, train: TrainConfig, total_steps: int):
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def steps_per_epoch(n_examples: int, plan: BatchPlan) -> int:
-    steps = n_examples // plan.global_batch
-    if steps == 0:
-        raise UserError(
-            f"the training set has {n_examples} examples, fewer than one global batch "
-            f"(train.batch_size={plan.global_batch}): lower train.batch_size or add data"
-        )
-    return steps
 
 
 def total_steps(train: TrainConfig, per_epoch: int) -> int:
@@ -193,7 +183,7 @@ def fit(
 ) -> FitResult:
     """Train ``model``; ``penalty()`` (e.g. EarlyBERT's L1 on its coefficients) is added to
     every micro-batch's loss (scaled for accumulation like it); logged losses are the task's."""
-    per_epoch = steps_per_epoch(len(train_dataset), plan)
+    per_epoch = steps_per_epoch(len(train_dataset), plan.global_batch)
     n_steps = total_steps(train, per_epoch)
 
     # Forget the models and optimizers of earlier trainings in this process (IMP levels,
@@ -224,8 +214,8 @@ def fit(
     done = state.step >= n_steps
 
     while not done:
-        batches = EpochBatches(
-            len(train_dataset), seed=seed, epoch=state.epoch, global_batch=plan.global_batch,
+        batches = StepBatches(
+            epoch_order(len(train_dataset), seed, state.epoch), global_batch=plan.global_batch,
             micro_batch=plan.micro_batch, world_size=plan.world_size, rank=accelerator.process_index,
             steps=per_epoch, start_step=state.step_in_epoch,
         )

@@ -12,15 +12,15 @@ from bert_ticket_cli.artifacts.index import build_index, query
 from bert_ticket_cli.artifacts.paths import RunDir, atomic_write_json
 from bert_ticket_cli.artifacts.records import config_differences
 from bert_ticket_cli.config.schema import TrainConfig
-from bert_ticket_cli.engine.batches import EpochBatches
-from bert_ticket_cli.engine.loop import make_schedule, param_groups, steps_per_epoch, total_steps
+from bert_ticket_cli.engine.batches import StepBatches, epoch_order, steps_per_epoch
+from bert_ticket_cli.engine.loop import make_schedule, param_groups, total_steps
 from bert_ticket_cli.engine.setup import plan_batches
 from bert_ticket_cli.errors import UserError
 
 
 def _step_sets(world: int, micro: int, n=100, B=16, steps=6, start=0):
     """Examples seen in each optimizer step, over all ranks."""
-    per_rank = [list(EpochBatches(n, seed=1, epoch=2, global_batch=B, micro_batch=micro, world_size=world, rank=r,
+    per_rank = [list(StepBatches(epoch_order(n, 1, 2), global_batch=B, micro_batch=micro, world_size=world, rank=r,
                                   steps=steps, start_step=start)) for r in range(world)]
     accum = B // (micro * world)
     out = []
@@ -45,8 +45,8 @@ def test_resuming_mid_epoch_continues_the_same_order():
 
 
 def test_epochs_are_different_permutations():
-    a = list(EpochBatches(50, seed=0, epoch=0, global_batch=10, micro_batch=10, world_size=1, rank=0, steps=5))
-    b = list(EpochBatches(50, seed=0, epoch=1, global_batch=10, micro_batch=10, world_size=1, rank=0, steps=5))
+    a = list(StepBatches(epoch_order(50, 0, 0), global_batch=10, micro_batch=10, world_size=1, rank=0, steps=5))
+    b = list(StepBatches(epoch_order(50, 0, 1), global_batch=10, micro_batch=10, world_size=1, rank=0, steps=5))
     assert a != b and sorted(sum(a, [])) == sorted(sum(b, [])) == list(range(50))
 
 
@@ -60,10 +60,10 @@ def test_batch_plan():
 
 def test_steps_and_too_small_data():
     plan = plan_batches(TrainConfig(batch_size=32), 1)
-    assert steps_per_epoch(100, plan) == 3
+    assert steps_per_epoch(100, plan.global_batch) == 3
     assert total_steps(TrainConfig(epochs=2.5), 10) == 25 and total_steps(TrainConfig(max_steps=7), 10) == 7
     with pytest.raises(UserError, match="fewer than one global batch"):
-        steps_per_epoch(31, plan)
+        steps_per_epoch(31, plan.global_batch)
 
 
 def test_linear_schedule_with_warmup_reaches_zero():

@@ -17,10 +17,11 @@ import torch
 from bert_ticket_cli.config.compose import compose, validate
 from bert_ticket_cli.data.mlm import EVAL_SEED, Masker, example_seed
 from bert_ticket_cli.data.pretraining import (
-    MANIFEST, ChunkedOrder, Packer, PretrainBatches, PretrainCollator, _mask_batch, held_out_documents,
+    MANIFEST, Packer, PretrainCollator, _mask_batch, held_out_documents,
     iter_documents, load_named_tokenizer, open_prepared, prepare, resolve_sources, split_sentences,
-    steps_per_epoch, train_wordpiece,
+    train_wordpiece,
 )
+from bert_ticket_cli.engine.batches import ChunkedOrder, StepBatches, steps_per_epoch
 from bert_ticket_cli.errors import UserError
 
 SEQ, MAXP, K, P, FRACTION = 32, 3, 3, 0.15, 0.1
@@ -513,8 +514,8 @@ def _step_union(n, steps, **kw) -> list[list[int]]:
     world, accumulation, micro = kw.pop("world"), kw.pop("acc"), kw.pop("micro")
     out = [[] for _ in range(steps)]
     for rank in range(world):
-        sampler = PretrainBatches(n, seed=3, epoch=1, global_batch=micro * world * accumulation, micro_batch=micro,
-                                  world_size=world, rank=rank, steps=steps, chunk=50, **kw)
+        sampler = StepBatches(ChunkedOrder(n, seed=3, epoch=1, chunk=50), global_batch=micro * world * accumulation,
+                              micro_batch=micro, world_size=world, rank=rank, steps=steps, **kw)
         assert len(sampler) == (steps - kw.get("start_step", 0)) * accumulation
         for j, batch in enumerate(sampler):
             out[kw.get("start_step", 0) + j // accumulation].extend(batch)
@@ -532,8 +533,8 @@ def test_batches_are_independent_of_processes_and_accumulation():
     assert len(set(flat)) == len(flat) == 31 * 32
     resumed = _step_union(n, steps, world=2, acc=2, micro=8, start_step=17)
     assert resumed[17:] == single[17:] and resumed[:17] == [[]] * 17
-    first = next(iter(PretrainBatches(n, seed=3, epoch=1, global_batch=32, micro_batch=32, world_size=1, rank=0,
-                                      steps=steps, chunk=50)))
+    first = next(iter(StepBatches(ChunkedOrder(n, seed=3, epoch=1, chunk=50), global_batch=32, micro_batch=32,
+                                  world_size=1, rank=0, steps=steps)))
     assert first == ChunkedOrder(n, seed=3, epoch=1, chunk=50)[:32].tolist()
     with pytest.raises(UserError, match="fewer than one global batch.*train.batch_size"):
         steps_per_epoch(10, 32)
@@ -542,8 +543,8 @@ def test_batches_are_independent_of_processes_and_accumulation():
 def test_order_of_a_huge_corpus_needs_no_array_of_its_size():
     n = 10**12
     t0 = time.perf_counter()
-    sampler = PretrainBatches(n, seed=1, epoch=0, global_batch=4096, micro_batch=1024, world_size=2, rank=1,
-                              steps=steps_per_epoch(n, 4096), start_step=123_456_789, chunk=10**6)
+    sampler = StepBatches(ChunkedOrder(n, seed=1, epoch=0, chunk=10**6), global_batch=4096, micro_batch=1024,
+                          world_size=2, rank=1, steps=steps_per_epoch(n, 4096), start_step=123_456_789)
     batch = next(iter(sampler))
     assert len(batch) == 1024 and len(set(batch)) == 1024 and all(0 <= i < n for i in batch)
     order = sampler.order
