@@ -69,7 +69,7 @@ def test_plain_from_pretrained_gives_the_compact_outputs(tmp_path, cls, auto_cls
     config = json.loads((tmp_path / "padded" / "config.json").read_text())
     assert CONFIG_KEY not in config
     assert (config["num_attention_heads"], config["intermediate_size"]) == (4, 40)
-    assert (tmp_path / "padded" / "tokenizer.json").is_file() and (tmp_path / "padded" / "tokenizer_config.json").is_file()
+    assert all((tmp_path / "padded" / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary folder left
 
 
@@ -140,3 +140,23 @@ def test_refusals_are_one_line_user_errors(tmp_path):
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
     export_padded(tmp_path / "compact", tmp_path / "busy", overwrite=True)
     assert not (tmp_path / "busy" / "keep.txt").exists() and (tmp_path / "busy" / "model.safetensors").is_file()
+
+
+def test_plain_fine_tuning_keeps_the_removed_units_zero(tmp_path):
+    """The doc's claim: a removed unit is zero on both sides, so its gradients are exactly zero."""
+    _compact().save_pretrained(tmp_path / "compact", safe_serialization=True)
+    plain = _plain_load(AutoModelForSequenceClassification, export_padded(tmp_path / "compact", tmp_path / "padded"))
+    optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-2, weight_decay=0.1)
+    plain.train()
+    for _ in range(2):
+        plain(**_inputs(), labels=torch.tensor([0, 1, 2])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    l0, l1, l2 = plain.bert.encoder.layer
+    kept0 = int(_structure()[1][0].sum())  # layer 0's kept neurons come first
+    removed = [l1.attention.self.query.weight, l1.attention.self.key.bias, l1.attention.self.value.weight,
+               l1.attention.output.dense.weight, l0.attention.self.query.weight[36:], l0.attention.self.value.bias[36:],
+               l0.attention.output.dense.weight[:, 36:], l2.intermediate.dense.weight, l2.intermediate.dense.bias,
+               l2.output.dense.weight, l0.intermediate.dense.weight[kept0:], l0.output.dense.weight[:, kept0:]]
+    assert not any(bool(t.any()) for t in removed)
+    assert l0.attention.self.query.weight[:36].any() and l1.attention.output.dense.bias.any()
