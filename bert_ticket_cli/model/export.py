@@ -105,7 +105,7 @@ def export_padded(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, *,
     without ``bert_ticket_compact``, ``model.safetensors`` with the removed heads / neurons as
     exact zeros, and the tokenizer files the source has.  An uncompacted source is copied as it
     is.  ``ticket``: a structured Ticket or its folder, to put the kept units back at their
-    original positions (optional).  ``dest_dir`` must be absent or empty unless ``overwrite``.
+    original positions (optional; ignored for an uncompacted source).  ``dest_dir`` must be absent or empty unless ``overwrite``.
     Returns ``dest_dir``.  Bad input is a one-line :class:`UserError`."""
     source, dest = Path(source_dir), Path(dest_dir)
     config = _read_config(source)
