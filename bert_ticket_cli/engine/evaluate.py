@@ -69,7 +69,8 @@ def predict(accelerator, model: torch.nn.Module, dataset, collate: Callable, bat
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def make_evaluator(accelerator, data: Evaluable, batch_size: int, max_answer_length: int = 30) -> Callable[[torch.nn.Module], dict[str, float]]:
+def make_evaluator(accelerator, data: Evaluable, batch_size: int,
+                   max_answer_length: int = 30) -> Callable[[torch.nn.Module], dict[str, float]]:
     """``model -> metrics``; several dev splits (MNLI) are reported as ``<split>/<metric>``."""
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:

@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from bert_ticket_cli.data.pretraining.manifest import FORMAT_VERSION, MANIFEST, PREPARE_HINT, part_path, parts_present, read_manifest
+from bert_ticket_cli.data.pretraining.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    PREPARE_HINT,
+    part_path,
+    parts_present,
+    read_manifest,
+)
 from bert_ticket_cli.data.pretraining.tokenizer import load_saved_tokenizer
 from bert_ticket_cli.errors import UserError
 
