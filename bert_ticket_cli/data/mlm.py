@@ -48,6 +48,7 @@ from datasets import Dataset, DatasetDict, Features, List, Value
 
 from bert_ticket_cli.data.common import (
     TaskFacts,
+    check_splits,
     content_fingerprint,
     file_digest,
     forced_offline,
@@ -95,9 +96,7 @@ def load_text(
     splits: Sequence[str] = (),
 ) -> DatasetDict:
     """The raw documents of ``splits`` (one ``text`` column) from files, a folder or the hub."""
-    for split in splits:
-        if split not in task.splits:
-            raise UserError(f"task {task.name} has no split {split!r}; its splits are {', '.join(task.splits)}")
+    check_splits(task, splits)
     if data_files:
         unknown = [s for s in data_files if s not in task.splits]
         if unknown:

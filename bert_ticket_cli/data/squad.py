@@ -66,11 +66,7 @@ def load_squad_raw(
     check_splits(task, splits)
     if data_files:
         wanted = list(splits) or list(data_files)
-        for split in data_files:
-            if split not in task.splits:
-                raise UserError(
-                    f"task squad has no split {split!r}; its splits are {', '.join(task.splits)}"
-                )
+        check_splits(task, list(data_files))
         out = DatasetDict()
         for split in wanted:
             if split not in data_files:

@@ -7,8 +7,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from bert_ticket_cli.errors import UserError
 
@@ -41,6 +39,10 @@ def glue_scores(task: Any, predictions: np.ndarray, labels: np.ndarray) -> dict[
             f"{task.name} labels contain -1 (no labels): this is a test split; evaluate on "
             f"{', '.join(task.eval_splits)} and write test predictions for the GLUE leaderboard instead"
         )
+
+    # scipy and scikit-learn load here, not at import: every task registry import would pay for them.
+    from scipy import stats
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     if task.kind == "regression":
         pearson = _correlation(stats.pearsonr, preds, gold)

@@ -75,18 +75,10 @@ class Task:
 
     # ---------------------------------------------------------------------------- leaderboard
 
-    def leaderboard_file(self, split: str) -> str:
-        """The leaderboard submission file name of one test split (e.g. MNLI-mm.tsv)."""
-        if split not in self.test_splits:
-            raise UserError(
-                f"task {self.name} has no leaderboard file for split {split!r}; "
-                f"its test splits are {', '.join(self.test_splits) or 'none'}"
-            )
-        return self.leaderboard_files[self.test_splits.index(split)]
-
     def write_predictions(self, split: str, idx: Any, outputs: dict[str, np.ndarray],
                           path: str | os.PathLike) -> None:
-        """Write a test split's predictions in the leaderboard's format."""
+        """Write a test split's predictions in the leaderboard's format (the file name of test
+        split ``test_splits[i]`` is ``leaderboard_files[i]``)."""
         raise UserError(f"task {self.name} has no leaderboard format")
 
 
