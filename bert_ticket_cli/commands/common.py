@@ -41,8 +41,8 @@ def load_inputs(cfg: RunConfig, engine: Engine) -> tuple[Any, Any, torch.nn.Modu
     ticket-finding verb loads before it may touch the run folder."""
     from accelerate.utils import set_seed
 
-    from bert_ticket_cli.data.pipeline import load_task_data
     from bert_ticket_cli.model.build import build_model, load_tokenizer
+    from bert_ticket_cli.tasks import load_task_data
 
     tokenizer = load_tokenizer(cfg.model, cfg.task)
     with engine.accelerator.main_process_first():
@@ -154,7 +154,7 @@ def train_and_evaluate(
     commands create their run folder there, so a failure before it writes nothing."""
     from accelerate.utils import set_seed
 
-    from bert_ticket_cli.engine.evaluate import main_metric_key, make_evaluator
+    from bert_ticket_cli.engine.evaluate import make_evaluator
     from bert_ticket_cli.engine.loop import fit, save_model
     from bert_ticket_cli.model.build import build_model
 
@@ -200,7 +200,7 @@ def train_and_evaluate(
                 raise RuntimeError(f"mask invariant violated: {bad} pruned weights are not zero")
         if save_model_to is not None:
             save_model(engine.accelerator, result.model, tokenizer, save_model_to)
-    return Trained(result=result, metrics=metrics, main_key=main_metric_key(data),
+    return Trained(result=result, metrics=metrics, main_key=data.main_metric_key(),
                    n_params=sum(p.numel() for p in model.parameters()))
 
 

@@ -29,10 +29,10 @@ def run(cfg: RunConfig) -> int:
         raise UserError("eval needs a trained model: pass eval.checkpoint=runs/rewind/<run>/model (or model.name_or_path=DIR)")
     if cfg.eval.checkpoint and not Path(cfg.eval.checkpoint).expanduser().is_dir():
         raise UserError(f"eval.checkpoint={cfg.eval.checkpoint} is not a directory: pass a saved model folder (a run's model/)")
-    from bert_ticket_cli.data.pipeline import load_task_data, task_info
-    from bert_ticket_cli.engine.evaluate import main_metric_key, make_evaluator, predict, to_predictions
+    from bert_ticket_cli.engine.evaluate import make_evaluator, predict
     from bert_ticket_cli.engine.setup import make_accelerator, plan_batches, shutdown, world_size_from_env
     from bert_ticket_cli.model.build import build_model, load_tokenizer
+    from bert_ticket_cli.tasks import load_task_data, task_info
 
     if cfg.run_name is None:
         cfg.run_name = _default_run_name(cfg, source)
@@ -64,20 +64,18 @@ def run(cfg: RunConfig) -> int:
 
         written = []
         if cfg.eval.predict_test and data.tests:
-            from bert_ticket_cli.data.glue import write_glue_predictions
-
             for split, fname in zip(info.test_splits, info.leaderboard_files):
                 ds = data.tests[split]
                 out = predict(accelerator, model, ds, data.collate, cfg.eval.batch_size)
                 if main:
                     dest = rd.predictions / fname
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    write_glue_predictions(info, split, ds["idx"], to_predictions(info.kind, out["logits"]), dest)
+                    info.write_predictions(split, ds["idx"], out, dest)
                     written.append(str(dest))
 
         if main:
             append_jsonl(rd.metrics, {"event": "eval", "checkpoint": str(source), **metrics})
-            key = main_metric_key(data)
+            key = data.main_metric_key()
             write_summary(rd, cfg, metrics=metrics, main_metric=key, started=started,
                           extra={"checkpoint": str(source), "predictions": written})
             print_metrics_table(f"{info.name} ({rd.root.name})", metrics)

@@ -84,9 +84,9 @@ def train_ticket(cfg: RunConfig, *, from_pretrained: bool = False) -> int:
     """Train ``cfg.ticket`` (or the dense model) on ``cfg.task``; ``from_pretrained`` starts from
     the pre-trained weights instead of the ticket's rewind point (what ``transfer`` does)."""
     from bert_ticket_cli.commands.common import fit_extra, load_weights_file, start_engine, train_and_evaluate
-    from bert_ticket_cli.data.pipeline import load_task_data
     from bert_ticket_cli.engine.setup import shutdown
     from bert_ticket_cli.model.build import load_tokenizer
+    from bert_ticket_cli.tasks import load_task_data
 
     ticket, facts = None, {}
     if cfg.ticket.path is not None:

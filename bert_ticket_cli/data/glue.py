@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import math
 import os
 import tempfile
@@ -29,7 +28,17 @@ import datasets
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from bert_ticket_cli.data.tasks import TaskInfo
+from bert_ticket_cli.data.common import (
+    check_splits,
+    content_fingerprint,
+    file_digest,
+    folder_key,
+    load_from_hub,
+    make_dataset,
+    one_line,
+    TaskFacts,
+    resolve_task_dir,
+)
 from bert_ticket_cli.errors import UserError
 
 #: Bump when parsing changes in a way that changes the rows produced from the same files.
@@ -67,8 +76,6 @@ _INDEX_HEADERS = ("index", "id")
 # CoLA train/dev have no header: source, label, original label, sentence.
 _COLA_WIDTH, _COLA_LABEL_COL, _COLA_SENTENCE_COL = 4, 1, 3
 
-_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
-_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,21 +84,17 @@ _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"
 
 
 def load_raw(
-    task: TaskInfo,
+    task: TaskFacts,
     *,
     data_dir: str | None = None,
     data_files: dict[str, str] | None = None,
     hub_dataset: str | None = None,
     splits: Sequence[str] = (),
 ) -> DatasetDict:
-    """Load a task's raw examples from data_files, else data_dir, else the hub."""
+    """Load a GLUE task's raw examples from data_files, else data_dir, else the hub."""
+    if task.kind not in ("classification", "regression"):
+        raise ValueError(f"task {task.name} is not a GLUE task: its task object has its own loader")
     check_splits(task, splits)
-    if task.kind == "qa":
-        from bert_ticket_cli.data import squad  # squad imports this module
-
-        return squad.load_squad_raw(
-            task, data_dir=data_dir, data_files=data_files, hub_dataset=hub_dataset, splits=splits
-        )
     if data_files:
         return _load_data_files(task, data_files, splits)
     if data_dir:
@@ -99,18 +102,7 @@ def load_raw(
     return load_from_hub(task, hub_dataset or task.hub_dataset, splits)
 
 
-def check_splits(task: TaskInfo, splits: Sequence[str]) -> None:
-    """Reject split names the task does not have, before touching any file."""
-    if isinstance(splits, str):
-        raise TypeError("splits must be a sequence of split names, not a string")
-    for split in splits:
-        if split not in task.splits:
-            raise UserError(
-                f"task {task.name} has no split {split!r}; its splits are {', '.join(task.splits)}"
-            )
-
-
-def glue_features(task: TaskInfo) -> Features:
+def glue_features(task: TaskFacts) -> Features:
     """The hub schema, with ``idx`` widened to int64 (the hub stores int32)."""
     columns: dict[str, Any] = {field: Value("string") for field in task.text_fields}
     if task.kind == "classification":
@@ -121,141 +113,9 @@ def glue_features(task: TaskInfo) -> Features:
     return Features(columns)
 
 
-def split_file_names(task: TaskInfo) -> dict[str, str]:
+def split_file_names(task: TaskFacts) -> dict[str, str]:
     """Split -> file name in the download_glue_data layout."""
     return dict(_MNLI_FILES) if task.name == "mnli" else dict(_DEFAULT_FILES)
-
-
-# --------------------------------------------------------------------------------------------
-# Shared helpers (also used by squad.py)
-# --------------------------------------------------------------------------------------------
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as a short single line, for embedding in a UserError message."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes: the identity of local data for fingerprints."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def content_fingerprint(*parts: str) -> str:
-    """A datasets-style 16-hex-digit fingerprint from strings, stable across processes."""
-    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
-
-
-def make_dataset(
-    columns: Mapping[str, list], features: Features, split: str, fingerprint: str
-) -> Dataset:
-    """An in-memory Dataset whose fingerprint we choose (from_dict would pick a random one)."""
-    built = Dataset.from_dict(dict(columns), features=features, split=split)
-    return Dataset(built.data, info=built.info, split=built.split, fingerprint=fingerprint)
-
-
-def resolve_task_dir(data_dir: str | os.PathLike, folder_name: str, file_names: Sequence[str]) -> Path:
-    """Accept either the task folder itself or its parent (task folder matched in any case)."""
-    root = Path(data_dir).expanduser()
-    if not root.exists():
-        raise UserError(f"data_dir {root} does not exist; point task.data_dir at the {folder_name} folder")
-    if not root.is_dir():
-        raise UserError(f"data_dir {root} is not a folder; point task.data_dir at the {folder_name} folder")
-    if any((root / name).is_file() for name in file_names):
-        return root
-    wanted = _folder_key(folder_name)
-    for child in sorted(root.iterdir()):
-        if child.is_dir() and _folder_key(child.name) == wanted:
-            return child
-    return root
-
-
-def _folder_key(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "").replace(".", "")
-
-
-def offline_variable() -> str | None:
-    """The variable that puts us offline, read now (the libraries read it only at import)."""
-    for var in _OFFLINE_VARS:
-        if os.environ.get(var, "").strip().upper() in _TRUE_VALUES:
-            return var
-    if datasets.config.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE"
-    return None
-
-
-@contextlib.contextmanager
-def _forced_offline(enabled: bool) -> Iterator[None]:
-    """Make datasets/huggingface_hub honour an offline variable set after they were imported.
-
-    Without this, setting HF_HUB_OFFLINE after import would still let ``load_dataset`` try
-    the network and hang on timeouts instead of failing at once.
-    """
-    if not enabled:
-        yield
-        return
-    import huggingface_hub.constants as hub_constants
-
-    saved = (
-        datasets.config.HF_HUB_OFFLINE,
-        datasets.config.HF_DATASETS_OFFLINE,
-        hub_constants.HF_HUB_OFFLINE,
-    )
-    datasets.config.HF_HUB_OFFLINE = True
-    datasets.config.HF_DATASETS_OFFLINE = True
-    hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        (
-            datasets.config.HF_HUB_OFFLINE,
-            datasets.config.HF_DATASETS_OFFLINE,
-            hub_constants.HF_HUB_OFFLINE,
-        ) = saved
-
-
-def load_from_hub(task: TaskInfo, hub: str, splits: Sequence[str]) -> DatasetDict:
-    """``load_dataset`` with failures turned into one-line UserErrors that name the fix."""
-    args: tuple[str, ...] = (hub,) if task.kind == "qa" else (hub, task.name)
-    label = hub if task.kind == "qa" else f"{hub} ({task.name})"
-    local_hint = (
-        "a folder with train-v1.1.json/dev-v1.1.json"
-        if task.kind == "qa"
-        else "a local GLUE folder"
-    )
-    offline = offline_variable()
-    try:
-        with _forced_offline(offline is not None):
-            loaded = datasets.load_dataset(*args)
-    except Exception as exc:  # noqa: BLE001 - any failure here is about the data source
-        if offline is not None:
-            raise UserError(
-                f"dataset {label} is not available offline ({offline}=1): pass "
-                f"task.data_dir=PATH to {local_hint}, or unset {offline}"
-            ) from exc
-        raise UserError(
-            f"could not load dataset {label} from the Hugging Face hub ({one_line(exc)}); "
-            f"pass task.data_dir=PATH to {local_hint}"
-        ) from exc
-    if not isinstance(loaded, DatasetDict):
-        raise UserError(f"dataset {label} did not load as a dataset with splits; pass task.data_dir=PATH")
-    for split in splits:
-        if split not in loaded:
-            raise UserError(
-                f"dataset {label} has no split {split!r} (it has {', '.join(loaded)}); "
-                f"pass task.data_dir=PATH to {local_hint}"
-            )
-    chosen = DatasetDict({s: loaded[s] for s in (splits or list(loaded))})
-    if task.kind != "qa":
-        for split, ds in chosen.items():
-            if "idx" in ds.column_names and ds.features["idx"] != Value("int64"):
-                chosen[split] = ds.cast_column("idx", Value("int64"))
-    return chosen
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,7 +123,7 @@ def load_from_hub(task: TaskInfo, hub: str, splits: Sequence[str]) -> DatasetDic
 # --------------------------------------------------------------------------------------------
 
 
-def parse_label(task: TaskInfo, value: Any) -> int | float:
+def parse_label(task: TaskFacts, value: Any) -> int | float:
     """A label as written in a file -> class id (or score for stsb); ValueError if invalid."""
     if task.kind == "regression":
         if isinstance(value, bool):
@@ -295,14 +155,14 @@ def parse_label(task: TaskInfo, value: Any) -> int | float:
 # --------------------------------------------------------------------------------------------
 
 
-def _load_glue_dir(task: TaskInfo, data_dir: str, splits: Sequence[str]) -> DatasetDict:
+def _load_glue_dir(task: TaskFacts, data_dir: str, splits: Sequence[str]) -> DatasetDict:
     files = split_file_names(task)
     folder_name = GLUE_DIRS[task.name]
     task_dir = resolve_task_dir(data_dir, folder_name, list(files.values()))
     layout = "/".join(files.values())
     # Every GLUE folder has a train.tsv: catch e.g. task cola pointed at the SST-2 folder.
     other = next(
-        (d for name, d in GLUE_DIRS.items() if name != task.name and _folder_key(d) == _folder_key(task_dir.name)),
+        (d for name, d in GLUE_DIRS.items() if name != task.name and folder_key(d) == folder_key(task_dir.name)),
         None,
     )
     if other is not None:
@@ -328,14 +188,14 @@ def _load_glue_dir(task: TaskInfo, data_dir: str, splits: Sequence[str]) -> Data
     return DatasetDict({s: read_glue_tsv(task, s, task_dir / files[s]) for s in wanted})
 
 
-def read_glue_tsv(task: TaskInfo, split: str, path: Path) -> Dataset:
+def read_glue_tsv(task: TaskFacts, split: str, path: Path) -> Dataset:
     """Parse one GLUE TSV file, strictly: every row must have the header's column count."""
     columns = _parse_glue_tsv(task, split, path)
     fingerprint = content_fingerprint(LOADER_VERSION, "tsv", task.name, split, file_digest(path))
     return make_dataset(columns, glue_features(task), split, fingerprint)
 
 
-def _parse_glue_tsv(task: TaskInfo, split: str, path: Path) -> dict[str, list]:
+def _parse_glue_tsv(task: TaskFacts, split: str, path: Path) -> dict[str, list]:
     is_test = split in task.test_splits
     hint = f"is this the GLUE {GLUE_DIRS[task.name]} layout?"
     out: dict[str, list] = {field: [] for field in (*task.text_fields, "label", "idx")}
@@ -397,7 +257,7 @@ def _prepend(first: list[str], rest: Iterator[list[str]]) -> Iterator[list[str]]
 
 
 def _locate_columns(
-    task: TaskInfo, is_test: bool, path: Path, first: list[str], hint: str
+    task: TaskFacts, is_test: bool, path: Path, first: list[str], hint: str
 ) -> tuple[dict[str, int], int | None, int, list[str] | None]:
     """Column positions from the header (or CoLA's fixed layout when there is none).
 
@@ -439,7 +299,7 @@ def _locate_columns(
 # --------------------------------------------------------------------------------------------
 
 
-def _load_data_files(task: TaskInfo, data_files: Mapping[str, str], splits: Sequence[str]) -> DatasetDict:
+def _load_data_files(task: TaskFacts, data_files: Mapping[str, str], splits: Sequence[str]) -> DatasetDict:
     check_splits(task, list(data_files))
     wanted = list(splits) or list(data_files)
     out = DatasetDict()
@@ -453,7 +313,7 @@ def _load_data_files(task: TaskInfo, data_files: Mapping[str, str], splits: Sequ
     return out
 
 
-def _read_data_file(task: TaskInfo, split: str, path: Path) -> Dataset:
+def _read_data_file(task: TaskFacts, split: str, path: Path) -> Dataset:
     if not path.is_file():
         raise UserError(f"data file {path} for split {split!r} does not exist")
     suffix = path.suffix.lower()
@@ -478,7 +338,7 @@ def _first_line_fields(path: Path, delimiter: str, quoting: int) -> list[str]:
         raise UserError(f"cannot read {path}: {one_line(exc)}") from None
 
 
-def _has_hub_header(task: TaskInfo, path: Path) -> bool:
+def _has_hub_header(task: TaskFacts, path: Path) -> bool:
     """A .tsv with the hub's column names is a plain table; otherwise it is a GLUE file."""
     header = _first_line_fields(path, "\t", csv.QUOTE_NONE)
     return all(field in header for field in task.text_fields)
@@ -512,7 +372,7 @@ def _read_with_builder(builder: str, path: Path, split: str) -> Dataset:
         return loaded[split]
 
 
-def _columns_from_table(task: TaskInfo, split: str, path: Path, table: Dataset) -> dict[str, list]:
+def _columns_from_table(task: TaskFacts, split: str, path: Path, table: Dataset) -> dict[str, list]:
     is_test = split in task.test_splits
     required = list(task.text_fields) + ([] if is_test else ["label"])
     missing = [c for c in required if c not in table.column_names]
@@ -560,7 +420,7 @@ def _columns_from_table(task: TaskInfo, split: str, path: Path, table: Dataset) 
 # --------------------------------------------------------------------------------------------
 
 
-def leaderboard_file(task: TaskInfo, split: str) -> str:
+def leaderboard_file(task: TaskFacts, split: str) -> str:
     """The GLUE submission file name for one test split (e.g. MNLI-mm.tsv)."""
     if split not in task.test_splits:
         raise UserError(
@@ -571,7 +431,7 @@ def leaderboard_file(task: TaskInfo, split: str) -> str:
 
 
 def write_glue_predictions(
-    task: TaskInfo,
+    task: TaskFacts,
     split: str,
     idx: Sequence[int],
     predictions: np.ndarray,

@@ -46,7 +46,17 @@ from typing import TYPE_CHECKING, Any
 import datasets
 from datasets import Dataset, DatasetDict, Features, List, Value
 
-from bert_ticket_cli.data.tasks import TaskInfo
+from bert_ticket_cli.data.common import (
+    TaskFacts,
+    check_splits,
+    content_fingerprint,
+    file_digest,
+    forced_offline,
+    make_dataset,
+    offline_variable,
+    one_line,
+)
+from bert_ticket_cli.data.tokenize import cache_key, cached_map, tokenizer_fingerprint
 from bert_ticket_cli.errors import UserError
 
 if TYPE_CHECKING:
@@ -78,7 +88,7 @@ _JSON_SUFFIXES = (".jsonl", ".json")
 
 
 def load_text(
-    task: TaskInfo,
+    task: TaskFacts,
     *,
     data_dir: str | None = None,
     data_files: Mapping[str, str] | None = None,
@@ -86,9 +96,7 @@ def load_text(
     splits: Sequence[str] = (),
 ) -> DatasetDict:
     """The raw documents of ``splits`` (one ``text`` column) from files, a folder or the hub."""
-    for split in splits:
-        if split not in task.splits:
-            raise UserError(f"task {task.name} has no split {split!r}; its splits are {', '.join(task.splits)}")
+    check_splits(task, splits)
     if data_files:
         unknown = [s for s in data_files if s not in task.splits]
         if unknown:
@@ -121,8 +129,6 @@ def _load_dir(root: Path, splits: Sequence[str]) -> DatasetDict:
 
 def read_text_file(path: Path, split: str) -> Dataset:
     """One split from a local file: ``.jsonl``/``.json`` (a ``text`` field per line), else plain text."""
-    from bert_ticket_cli.data.glue import content_fingerprint, file_digest, make_dataset
-
     if not path.is_file():
         raise UserError(f"data file {path} for split {split!r} does not exist")
     try:
@@ -191,10 +197,8 @@ def parse_hub_name(spec: str) -> tuple[str, str | None]:
     return name.strip(), (config.strip() or None)
 
 
-def load_text_from_hub(task: TaskInfo, spec: str, splits: Sequence[str]) -> DatasetDict:
+def load_text_from_hub(task: TaskFacts, spec: str, splits: Sequence[str]) -> DatasetDict:
     """``load_dataset(name, config)``, its text column as ``text``; failures as one-line UserErrors."""
-    from bert_ticket_cli.data.glue import _forced_offline, offline_variable, one_line
-
     if not spec:
         raise UserError(f"task {task.name} needs data: task.data_files={{train: a.txt, validation: b.txt}}, "
                         f"task.data_dir=DIR or task.hub_dataset=NAME[:CONFIG]")
@@ -203,7 +207,7 @@ def load_text_from_hub(task: TaskInfo, spec: str, splits: Sequence[str]) -> Data
     hint = "task.data_dir=DIR with train.txt and valid.txt, or task.data_files={train: a.txt, validation: b.txt}"
     offline = offline_variable()
     try:
-        with _forced_offline(offline is not None):
+        with forced_offline(offline is not None):
             loaded = datasets.load_dataset(name, config) if config else datasets.load_dataset(name)
     except Exception as exc:  # noqa: BLE001 - any failure here is about the data source
         if offline is not None:
@@ -245,8 +249,6 @@ def _special_id(tokenizer: Any, attr: str) -> int:
 def pack_blocks(ds: Dataset, tokenizer: Any, max_seq_length: int, cache_dir: str | None = None) -> Dataset:
     """Documents -> ``[CLS] tokens [SEP]`` blocks of ``max_seq_length`` ids, plus ``idx``."""
     import numpy as np
-
-    from bert_ticket_cli.data.tokenize import cache_key, cached_map, tokenizer_fingerprint
 
     if max_seq_length < 4:
         raise UserError(f"max_seq_length={max_seq_length} is too small; use at least 4 (BERT uses 128)")
@@ -408,8 +410,6 @@ def mask_split(blocks: Dataset, masker: Masker, *, seed: int = EVAL_SEED, cache_
     """The fixed masking of an evaluation split: ``input_ids`` masked, ``labels``, ``idx`` kept."""
     import torch
 
-    from bert_ticket_cli.data.tokenize import cache_key, cached_map
-
     def apply(batch: dict[str, list]) -> dict[str, list]:
         ids_out, labels_out = [], []
         for ids, idx in zip(batch["input_ids"], batch["idx"]):
@@ -422,34 +422,3 @@ def mask_split(blocks: Dataset, masker: Masker, *, seed: int = EVAL_SEED, cache_
     features = Features({"input_ids": List(Value("int32")), "labels": List(Value("int32")), "idx": Value("int64")})
     return cached_map(blocks, apply, key=key, name="mlm-eval", features=features, cache_dir=cache_dir,
                       desc="Masking the evaluation text")
-
-
-# --------------------------------------------------------------------------------------------
-# The task's data, as the pipeline hands it to the commands
-# --------------------------------------------------------------------------------------------
-
-
-def build_mlm_data(cfg: Any, info: TaskInfo, raw: DatasetDict, tokenizer: Any, *, train: bool,
-                   evals: Sequence[str], cache_dir: str | None):
-    """TaskData for ``task=mlm``: packed training blocks (masked per batch by the collator) and
-    evaluation blocks masked once with :data:`EVAL_SEED`."""
-    from bert_ticket_cli.data.pipeline import TaskData
-
-    t = cfg.task
-    collate = MlmCollator(tokenizer, seed=cfg.seed, probability=getattr(t, "mlm_probability", 0.15))
-    data = TaskData(info=info, collate=collate)
-
-    def blocks(split: str, limit: int | None) -> Dataset:
-        packed = pack_blocks(raw[split], tokenizer, t.max_seq_length, cache_dir)
-        if limit:
-            packed = packed.select(range(min(limit, len(packed))))
-        if len(packed) == 0:
-            raise UserError(f"task {info.name}: split {split!r} has no tokens: check the data source")
-        return packed
-
-    if train:
-        data.train = blocks("train", t.max_train_samples)
-    for split in evals:
-        packed = blocks(split, t.max_eval_samples)
-        data.evals[split] = mask_split(packed, collate.masker, cache_dir=cache_dir)
-    return data

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, List, Value
 
-from bert_ticket_cli.data.glue import (
+from bert_ticket_cli.data.common import (
+    TaskFacts,
+    check_splits,
     content_fingerprint,
     file_digest,
     load_from_hub,
@@ -27,7 +29,6 @@ from bert_ticket_cli.data.glue import (
     one_line,
     resolve_task_dir,
 )
-from bert_ticket_cli.data.tasks import TaskInfo
 from bert_ticket_cli.data.tokenize import cache_key, cached_map, token_features, tokenizer_fingerprint
 from bert_ticket_cli.errors import UserError
 
@@ -53,21 +54,19 @@ SQUAD_FEATURES = Features(
 
 
 def load_squad_raw(
-    task: TaskInfo,
+    task: TaskFacts,
     *,
     data_dir: str | None = None,
     data_files: dict[str, str] | None = None,
     hub_dataset: str | None = None,
     splits: Sequence[str] = (),
 ) -> DatasetDict:
-    """SQuAD in the hub schema from official JSON files, or from the hub (see glue.load_raw)."""
+    """SQuAD in the hub schema from official JSON files, else a folder of them, else the hub
+    (the same source order and split selection as glue.load_raw)."""
+    check_splits(task, splits)
     if data_files:
         wanted = list(splits) or list(data_files)
-        for split in data_files:
-            if split not in task.splits:
-                raise UserError(
-                    f"task squad has no split {split!r}; its splits are {', '.join(task.splits)}"
-                )
+        check_splits(task, list(data_files))
         out = DatasetDict()
         for split in wanted:
             if split not in data_files:

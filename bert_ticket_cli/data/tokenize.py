@@ -3,7 +3,7 @@
 Pruning experiments fine-tune the same task many times (once per sparsity level and seed),
 so tokenizing once and memory-mapping the result afterwards saves real time on large tasks.
 The cache key is a hash of everything the output depends on: the input dataset fingerprint
-(content-derived for local data, see glue.py), the tokenizer's identity, the sequence length
+(content-derived for local data, see common.py), the tokenizer's identity, the sequence length
 and :data:`CODE_VERSION`.  Entries are written to a temporary folder and renamed into place,
 so a crash or a concurrent run never leaves a half-written entry behind.
 """
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import datasets
 from datasets import Dataset, Features, List, Value
 
-from bert_ticket_cli.data.tasks import TaskInfo
+from bert_ticket_cli.data.common import TaskFacts
 from bert_ticket_cli.errors import UserError
 
 if TYPE_CHECKING:  # torch/transformers are imported lazily: they double the import time
@@ -158,7 +158,7 @@ def token_features(tokenizer: Any, extra: dict[str, Any]) -> Features:
 def tokenize_classification(
     ds: Dataset,
     tokenizer: Any,
-    task: TaskInfo,
+    task: TaskFacts,
     max_seq_length: int,
     cache_dir: str | None = None,
 ) -> Dataset:

@@ -2,20 +2,34 @@
 
 Batches are spread over processes by Accelerate and gathered back in order
 (``gather_for_metrics`` drops the padding duplicates of the last batch), so metrics are
-identical with 1 or N processes.
+identical with 1 or N processes.  What the outputs mean is the task's business: the evaluator
+hands them to the data object it was given (:class:`Evaluable`; ``tasks.TaskData`` is one), so
+nothing here imports ``data/`` or ``tasks/``.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Mapping
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from bert_ticket_cli.data.pipeline import TaskData
+from bert_ticket_cli.metrics.mlm import batch_sums
 
 _NON_MODEL_COLUMNS = ("idx", "example_id", "offset_mapping", "labels", "label")
+
+
+class Evaluable(Protocol):
+    """What the evaluator needs of a task's data: dev splits, their collator, and the metrics
+    of one split from its model outputs (``tasks.TaskData`` asks its task object)."""
+
+    evals: Mapping[str, Any]
+    collate: Callable
+
+    def split_metrics(self, split: str, outputs: dict[str, np.ndarray], *,
+                      max_answer_length: int = 30) -> dict[str, float]: ...
 
 
 @torch.no_grad()
@@ -42,8 +56,6 @@ def predict(accelerator, model: torch.nn.Module, dataset, collate: Callable, bat
         with accelerator.autocast():
             out = model(**batch)
         if labels is not None and getattr(out, "logits", None) is not None and out.logits.dim() == 3:
-            from bert_ticket_cli.metrics.mlm import batch_sums
-
             pairs = batch_sums(out.logits, labels)
         elif getattr(out, "start_logits", None) is not None:
             pairs = {"start_logits": out.start_logits, "end_logits": out.end_logits}
@@ -57,34 +69,8 @@ def predict(accelerator, model: torch.nn.Module, dataset, collate: Callable, bat
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def to_predictions(kind: str, logits: np.ndarray) -> np.ndarray:
-    return logits[:, 0] if kind == "regression" else logits.argmax(-1)
-
-
-def split_metrics(data: TaskData, split: str, outputs: dict[str, np.ndarray], *, max_answer_length: int = 30) -> dict[str, float]:
-    info = data.info
-    if info.kind == "qa":
-        from bert_ticket_cli.data.squad import postprocess_squad
-        from bert_ticket_cli.metrics.squad import squad_metrics
-
-        examples, features = data.eval_examples[split], data.evals[split]
-        answers = postprocess_squad(examples, features, outputs["start_logits"], outputs["end_logits"],
-                                    max_answer_length=max_answer_length)
-        refs = {ex_id: ans["text"] for ex_id, ans in zip(examples["id"], examples["answers"])}
-        return squad_metrics(answers, refs)
-    if info.kind == "mlm":
-        from bert_ticket_cli.metrics.mlm import metrics_from_sums
-
-        return metrics_from_sums(float(np.sum(outputs["mlm_loss_sum"], dtype=np.float64)),
-                                 float(np.sum(outputs["mlm_correct"])), float(np.sum(outputs["mlm_count"])))
-    from bert_ticket_cli.metrics.glue import glue_metrics
-
-    labels = np.asarray(data.evals[split]["labels"])
-    metric_task = "sst2" if info.name == "synthetic" else info.name
-    return glue_metrics(metric_task, to_predictions(info.kind, outputs["logits"]), labels)
-
-
-def make_evaluator(accelerator, data: TaskData, batch_size: int, max_answer_length: int = 30) -> Callable[[torch.nn.Module], dict[str, float]]:
+def make_evaluator(accelerator, data: Evaluable, batch_size: int,
+                   max_answer_length: int = 30) -> Callable[[torch.nn.Module], dict[str, float]]:
     """``model -> metrics``; several dev splits (MNLI) are reported as ``<split>/<metric>``."""
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
@@ -92,13 +78,9 @@ def make_evaluator(accelerator, data: TaskData, batch_size: int, max_answer_leng
         several = len(data.evals) > 1
         for split, ds in data.evals.items():
             out = predict(accelerator, model, ds, data.collate, batch_size)
-            for k, v in split_metrics(data, split, out, max_answer_length=max_answer_length).items():
+            for k, v in data.split_metrics(split, out, max_answer_length=max_answer_length).items():
                 metrics[f"{split}/{k}" if several else k] = float(v)
         return metrics
 
     return evaluate
 
-
-def main_metric_key(data: TaskData) -> str:
-    first = next(iter(data.evals))
-    return f"{first}/{data.info.main_metric}" if len(data.evals) > 1 else data.info.main_metric

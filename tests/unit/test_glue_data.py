@@ -11,8 +11,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Value
 
 from bert_ticket_cli.data import glue
 from bert_ticket_cli.data.glue import load_raw, write_glue_predictions
-from bert_ticket_cli.data.tasks import TASKS, get_task
 from bert_ticket_cli.errors import UserError
+from bert_ticket_cli.tasks import TASKS, get_task
 
 MNLI_TRAIN_HEADER = [
     "index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",

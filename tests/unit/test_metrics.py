@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bert_ticket_cli.errors import UserError
-from bert_ticket_cli.metrics.glue import glue_metrics
 from bert_ticket_cli.metrics.squad import exact_match, f1_score, normalize_answer, squad_metrics
+from bert_ticket_cli.tasks import glue_metrics
 
 # Five examples: TP at 0 and 3, TN at 1, FP at 2, FN at 4.
 PREDS = np.array([1, 0, 1, 1, 0])

@@ -12,12 +12,13 @@ import torch
 from datasets import Dataset
 
 from bert_ticket_cli.data.mlm import (
-    EVAL_SEED, Masker, MlmCollator, build_mlm_data, example_seed, load_text, mask_split, pack_blocks,
+    EVAL_SEED, Masker, MlmCollator, example_seed, load_text, mask_split, pack_blocks,
     parse_hub_name, read_text_file, split_documents,
 )
-from bert_ticket_cli.data.pipeline import MLM, task_info
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.metrics.mlm import batch_sums, metrics_from_sums, mlm_metrics
+from bert_ticket_cli.tasks import MLM, task_info
+from bert_ticket_cli.tasks.mlm import build_mlm_data
 
 
 def _rows(tokenizer, n_rows: int = 200, length: int = 100, seed: int = 0) -> list[dict]:
@@ -297,8 +298,8 @@ class _OneProcess:
 def test_predict_reduces_mlm_batches_without_gathering_logits(wordpiece_tokenizer):
     from transformers import BertConfig, BertForMaskedLM
 
-    from bert_ticket_cli.data.pipeline import TaskData
-    from bert_ticket_cli.engine.evaluate import predict, split_metrics
+    from bert_ticket_cli.engine.evaluate import predict
+    from bert_ticket_cli.tasks import TaskData
 
     tok = wordpiece_tokenizer
     torch.manual_seed(0)
@@ -310,7 +311,7 @@ def test_predict_reduces_mlm_batches_without_gathering_logits(wordpiece_tokenize
     out = predict(_OneProcess(), model, ev, collate, batch_size=4)
     assert set(out) == {"mlm_loss_sum", "mlm_correct", "mlm_count"} and out["mlm_count"].shape == (10,)
     data = TaskData(info=MLM, collate=collate, evals={"validation": ev})
-    metrics = split_metrics(data, "validation", out)
+    metrics = data.split_metrics("validation", out)
     model.eval()
     with torch.no_grad():
         whole = model(**collate(list(ev)))

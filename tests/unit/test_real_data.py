@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from bert_ticket_cli.data.glue import GLUE_DIRS, load_raw, split_file_names
-from bert_ticket_cli.data.squad import prepare_squad_eval, prepare_squad_train
-from bert_ticket_cli.data.tasks import get_task
+from bert_ticket_cli.data.squad import load_squad_raw, prepare_squad_eval, prepare_squad_train
+from bert_ticket_cli.tasks import get_task
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 GLUE = SHARED / "glue"
@@ -62,7 +62,7 @@ def test_every_present_glue_file_loads(task):
 
 def test_squad_dev(wordpiece_tokenizer):
     need(SQUAD / "dev-v1.1.json")
-    examples = load_raw(get_task("squad"), data_dir=str(SQUAD), splits=("validation",))["validation"]
+    examples = load_squad_raw(get_task("squad"), data_dir=str(SQUAD), splits=("validation",))["validation"]
     assert len(examples) == 10570
     sample = examples.select(range(200))
     train = prepare_squad_train(sample, wordpiece_tokenizer, 128, 32)

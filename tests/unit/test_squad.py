@@ -8,16 +8,16 @@ import types
 import numpy as np
 import pytest
 
-from bert_ticket_cli.data.glue import load_raw
+from bert_ticket_cli.data.squad import load_squad_raw as load_raw
 from bert_ticket_cli.data.squad import (
     postprocess_squad,
     prepare_squad_eval,
     prepare_squad_train,
     squad_references,
 )
-from bert_ticket_cli.data.tasks import get_task
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.metrics.squad import squad_metrics
+from bert_ticket_cli.tasks import get_task
 
 LONG_CONTEXT = (
     "The Denver Broncos won the final game of the season at the stadium in the city . "

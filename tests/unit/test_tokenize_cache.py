@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from bert_ticket_cli.data.glue import load_raw
-from bert_ticket_cli.data.tasks import get_task
 from bert_ticket_cli.data.tokenize import collate_classification, tokenize_classification, tokenizer_fingerprint
+from bert_ticket_cli.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,8 +148,8 @@ CHILD = """
 import json, sys
 from transformers import BertTokenizerFast
 from bert_ticket_cli.data.glue import load_raw
-from bert_ticket_cli.data.tasks import get_task
 from bert_ticket_cli.data.tokenize import tokenize_classification
+from bert_ticket_cli.tasks import get_task
 
 calls = []
 original = BertTokenizerFast.__call__
