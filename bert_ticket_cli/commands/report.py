@@ -142,7 +142,7 @@ def _tickets(cfg: ReportConfig, root: Path, rows: list[dict], index: Path) -> in
             console.print(t)
             best = tickets_view.highest_matching(v)
             if best is not None:
-                console.print(f"{v.task}: highest sparsity with a matching IMP ticket: {100 * best:.1f}%")
+                console.print(f"{v.title}: highest sparsity with a matching IMP ticket: {100 * best:.1f}%")
         if any(r["verdict"] == tickets_view.NO_VERDICT for r in flat):
             console.print("verdict -: fewer than 2 seeds on one side (one seed has no std) or no full model "
                           "of the same experiment: no verdict")
