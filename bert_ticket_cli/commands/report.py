@@ -53,7 +53,8 @@ def run(cfg: ReportConfig) -> int:
         print(f"no runs under {root} (no summary.json or config.yaml): nothing to filter with "
               f"{', '.join(cfg.where)}")
         return 0
-    rows = query(index, list(cfg.where), settings=SETTINGS)
+    # Only the runs view lists runs without a summary.json; no other view counts them.
+    rows = query(index, list(cfg.where), include_unfinished=cfg.view == "runs", settings=SETTINGS)
     if cfg.view == "tickets":
         return _tickets(cfg, root, rows, index)
     if cfg.view == "earlybert":
@@ -62,7 +63,6 @@ def run(cfg: ReportConfig) -> int:
         return _pretrain(cfg, root, rows)
     from bert_ticket_cli.artifacts.earlybert_view import stage_run_name
 
-    rows = query(index, list(cfg.where), include_unfinished=True, settings=SETTINGS)
     rows = [r for r in rows if r.get("role") != "trajectory"]  # its levels are rows of their own
     for r in rows:  # EarlyBERT stage sub-runs (search / compact / dense) are named <run>/<stage>
         if r.get("role") == "stage":
@@ -106,7 +106,7 @@ def _tickets(cfg: ReportConfig, root: Path, rows: list[dict], index: Path) -> in
     from bert_ticket_cli.errors import UserError
 
     views = tickets_view.build(rows, cfg.metric)
-    if cfg.metric and not views:
+    if cfg.metric and not views and any(tickets_view.included(r) for r in rows):  # not just filtered away
         have = sorted({k.split(".", 1)[1] for r in rows if tickets_view.included(r) for k in r
                        if k.startswith("metrics.")})
         raise UserError(f"report: no fine-tuning run has metric {cfg.metric!r}"
