@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bert_ticket_cli.artifacts.tickets_view import ORDER, TaskView
+from bert_ticket_cli.artifacts.tickets_view import TaskView, method_order
 
 COLORS = {"imp": "tab:blue", "omp": "tab:green", "random_pruning": "tab:orange", "random_reinit": "tab:red"}
 
@@ -20,22 +20,28 @@ def _pyplot():
 
 
 def sparsity_curves(view: TaskView, path: Path) -> Path:
-    """Sparsity -> metric per method (mean +- std over seeds), with the full model's band."""
+    """Sparsity -> metric per method (mean +- std over seeds), with the full model's band.
+
+    Raises ``ValueError`` unless one method has >= 2 sparsity points (no empty or one-dot
+    figures: ``report`` skips such a view with one line)."""
+    if not view.plottable():
+        raise ValueError(f"{view.task}: no method with >= 2 sparsity points")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     if view.full.values:
         m, s = view.full.mean, view.full.std
-        ax.axhline(m, color="black", lw=1, label=f"full model ({len(view.full.values)} seeds)")
-        ax.axhspan(m - s, m + s, color="gray", alpha=0.25, lw=0)
-    for method in sorted(view.curves, key=lambda k: (ORDER.index(k) if k in ORDER else 99, k)):
+        ax.axhline(m, color="black", lw=1, label=f"full model ({view.full.n} seed{'s' if view.full.n > 1 else ''})")
+        if s is not None:  # one seed has no std: no band
+            ax.axhspan(m - s, m + s, color="gray", alpha=0.25, lw=0)
+    for method in sorted(view.curves, key=method_order):
         pts = sorted(view.curves[method].items())
         xs = [100 * sp for sp, _ in pts]
         ys = [c.mean for _, c in pts]
-        es = [c.std for _, c in pts]
+        es = [c.std or 0.0 for _, c in pts]
         ax.errorbar(xs, ys, yerr=es, marker="o", ms=3, capsize=2, label=method, color=COLORS.get(method))
     ax.set_xlabel("sparsity of the prunable weights (%)")
     ax.set_ylabel(view.metric)
-    ax.set_title(f"{view.task}: {view.metric} vs sparsity")
+    ax.set_title(f"{view.title}: {view.metric} vs sparsity", fontsize=9 if view.label else None)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -8,6 +8,13 @@ baselines), ``view=pretrain`` one row per pre-training run (budget, elapsed time
 tokens/s, stop reason, final validation MLM loss); ``plot=true`` draws the figures;
 ``columns=[metrics.f1]`` adds columns; ``format=csv|json`` prints machine-readable output
 instead of the rich table.
+
+Trust rules: a filter key that no indexed run has exits 2 with "did you mean" (with no runs
+at all, ``report`` says so instead); ``view=runs`` also lists runs without a ``summary.json``
+(status ``interrupted``: has a checkpoint; ``unfinished``: none yet, running or crashed, which
+cannot be told apart without a heartbeat); no other view counts them.  ``view=tickets`` never
+pools experiments (artifacts/tickets_view.py), ``metric=NAME`` picks its verdict metric, and
+a sparsity figure is drawn only for a method with >= 2 sparsity points.
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ import json
 import sys
 from pathlib import Path
 
-from bert_ticket_cli.artifacts.index import build_index, query
+from bert_ticket_cli.artifacts.index import INTERRUPTED, UNFINISHED, build_index, query, records
 from bert_ticket_cli.config.schema import ReportConfig
 
-DEFAULT_COLUMNS = ["verb", "run_name", "task", "model", "method", "seed", "main_metric", "main_value",
+DEFAULT_COLUMNS = ["verb", "run_name", "status", "task", "model", "method", "seed", "main_metric", "main_value",
                    "steps", "train_time_s"]
+#: The report's own settings (a typo of one reads as a filter key: "did you mean" names them).
+SETTINGS = ("output_dir", "where", "columns", "sort", "format", "view", "plot", "plot_dir", "metric")
 
 
 def _cell(v) -> str:
@@ -40,9 +49,14 @@ def _sort_key(v):
 def run(cfg: ReportConfig) -> int:
     root = Path(cfg.output_dir).expanduser()
     index = build_index(root)
-    rows = query(index, list(cfg.where))
+    if cfg.where and not records(index, include_unfinished=True):
+        print(f"no runs under {root} (no summary.json or config.yaml): nothing to filter with "
+              f"{', '.join(cfg.where)}")
+        return 0
+    # Only the runs view lists runs without a summary.json; no other view counts them.
+    rows = query(index, list(cfg.where), include_unfinished=cfg.view == "runs", settings=SETTINGS)
     if cfg.view == "tickets":
-        return _tickets(cfg, root, rows)
+        return _tickets(cfg, root, rows, index)
     if cfg.view == "earlybert":
         return _earlybert(cfg, root, rows, query(index, []) if cfg.where else rows)
     if cfg.view == "pretrain":
@@ -77,46 +91,76 @@ def run(cfg: ReportConfig) -> int:
         table.add_row(*[_cell(r.get(c)) for c in columns])
     console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
+    open_runs = [r for r in rows if r.get("status") in (INTERRUPTED, UNFINISHED)]
+    if open_runs:
+        console.print(f"{len(open_runs)} run(s) without summary.json: {INTERRUPTED} = has a checkpoint "
+                      f"(resume=true continues it); {UNFINISHED} = no checkpoint yet, running now or crashed "
+                      f"(no heartbeat tells them apart); neither enters any mean")
     console.print(f"[dim]index: {index}[/dim]")
     return 0
 
 
-def _tickets(cfg: ReportConfig, root: Path, rows: list[dict]) -> int:
-    """Mean +- std over seeds per task, method and sparsity, with the matching verdicts."""
+def _tickets(cfg: ReportConfig, root: Path, rows: list[dict], index: Path) -> int:
+    """Mean +- std over seeds per experiment, method and sparsity, with the matching verdicts."""
     from bert_ticket_cli.artifacts import tickets_view
+    from bert_ticket_cli.errors import UserError
 
-    views = tickets_view.build(rows)
+    views = tickets_view.build(rows, cfg.metric)
+    if cfg.metric and not views and any(tickets_view.included(r) for r in rows):  # not just filtered away
+        have = sorted({k.split(".", 1)[1] for r in rows if tickets_view.included(r) for k in r
+                       if k.startswith("metrics.")})
+        raise UserError(f"report: no fine-tuning run has metric {cfg.metric!r}"
+                        + (f" (they have: {', '.join(have)})" if have else "") + ": pick metric=NAME or drop it")
     flat = [row for v in views for row in tickets_view.table_rows(v)]
+    fields = ("task", "experiment", "setting", "method", "sparsity", "mean", "std", "n", "verdict")
     if cfg.format == "json":
         json.dump(flat, sys.stdout, indent=2)
         print()
     elif cfg.format == "csv":
         writer = csv.writer(sys.stdout)
-        writer.writerow(["task", "method", "sparsity", "mean", "std", "n", "verdict"])
+        writer.writerow(fields)
         for r in flat:
-            writer.writerow([r[k] for k in ("task", "method", "sparsity", "mean", "std", "n", "verdict")])
+            writer.writerow([r[k] for k in fields])
     else:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         console = Console() if sys.stdout.isatty() else Console(width=160)
+        if not views:
+            console.print(f"no fine-tuning runs for the tickets view under {root}"
+                          + (f" where {', '.join(cfg.where)}" if cfg.where else ""))
         for v in views:
-            t = Table(title=f"{v.task} ({v.metric}): mean +- std over seeds; matching = within 1 std of the full model")
+            t = Table(title=Text(f"{v.title} ({v.metric}): mean +- std over seeds; "
+                                 f"matching = within 1 std of the full model"))
             for c in ("method", "sparsity", "mean +- std", "seeds", "verdict"):
                 t.add_column(c, justify="right" if c in ("sparsity", "mean +- std", "seeds") else "left")
             for r in tickets_view.table_rows(v):
-                t.add_row(r["method"], f"{100 * r['sparsity']:.1f}%", f"{r['mean']:.4f} +- {r['std']:.4f}",
+                spread = f"+- {r['std']:.4f}" if r["std"] is not None else "(n=1, no std)"
+                t.add_row(r["method"], f"{100 * r['sparsity']:.1f}%", f"{r['mean']:.4f} {spread}",
                           str(r["n"]), r["verdict"])
             console.print(t)
             best = tickets_view.highest_matching(v)
             if best is not None:
-                console.print(f"{v.task}: highest sparsity with a matching IMP ticket: {100 * best:.1f}%")
+                console.print(f"{v.title}: highest sparsity with a matching IMP ticket: {100 * best:.1f}%")
+        if any(r["verdict"] == tickets_view.NO_VERDICT for r in flat):
+            console.print("verdict -: fewer than 2 seeds on one side (one seed has no std) or no full model "
+                          "of the same experiment: no verdict")
+        open_runs = sum(1 for r in records(index, include_unfinished=True)
+                        if r.get("status") in (INTERRUPTED, UNFINISHED))
+        if open_runs:
+            console.print(f"{open_runs} interrupted / unfinished run(s) not counted: report view=runs lists them")
     if cfg.plot:
         from bert_ticket_cli.artifacts import plots
 
         out = Path(cfg.plot_dir).expanduser() if cfg.plot_dir else root / "report"
+        tasks = [v.task for v in views]
         for v in views:
-            print(f"plot: {plots.sparsity_curves(v, out / f'{v.task}_sparsity.png')}")
+            name = f"{v.task}_sparsity.png" if tasks.count(v.task) == 1 else f"{v.task}_{v.experiment}_sparsity.png"
+            if not v.plottable():
+                print(f"plot: skipped {name}: no method with >= 2 sparsity points in {v.title}")
+                continue
+            print(f"plot: {plots.sparsity_curves(v, out / name)}")
         for matrix_file in sorted(root.glob("transfer/*/matrix.json")):
             path = out / f"transfer_{matrix_file.parent.name}.png"
             print(f"plot: {plots.transfer_heatmap(json.loads(matrix_file.read_text()), path)}")

@@ -179,6 +179,10 @@ def _check_values(obj: Any) -> list[str]:
             errs.append(f"'format' must be table, csv or json, got {obj.format!r}")
         if getattr(obj, "view", "runs") not in ("runs", "tickets", "earlybert", "pretrain"):
             errs.append(f"'view' must be runs, tickets, earlybert or pretrain, got {obj.view!r}")
+        metric = getattr(obj, "metric", None)
+        if metric is not None and (not str(metric).strip() or getattr(obj, "view", "runs") != "tickets"):
+            errs.append(f"'metric' picks the metric of view=tickets (e.g. metric=f1), got {metric!r} "
+                        f"with view={getattr(obj, 'view', 'runs')}")
         return errs
     t, e, k = obj.train, obj.engine, obj.task
     if t.batch_size <= 0:

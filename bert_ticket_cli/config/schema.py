@@ -342,6 +342,9 @@ class ReportConfig:
     plot: bool = False
     #: Where the PNG files go; None = <output_dir>/report.
     plot_dir: Optional[str] = None
+    #: view=tickets: the metric of the means and verdicts (a key of the runs' metrics, e.g. f1,
+    #: accuracy); None = each task's main metric.
+    metric: Optional[str] = None
 
 
 #: Which schema each verb's root config follows.
