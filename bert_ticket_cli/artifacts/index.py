@@ -15,11 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bert_ticket_cli.artifacts.paths import INDEX_DIR, INDEX_FILE, REPLACED_MARK, SUMMARY_FILE
 from bert_ticket_cli.errors import UserError
 
 
 def find_summaries(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("summary.json") if ".replaced-" not in str(p.parent))
+    return sorted(p for p in root.rglob(SUMMARY_FILE) if REPLACED_MARK not in str(p.parent))
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -45,7 +46,7 @@ def build_index(root: Path) -> Path:
         except (OSError, json.JSONDecodeError):
             continue  # a summary being written right now by another job: the next report sees it
         rows.append((str(path.parent), json.dumps(summary, default=str)))
-    index_dir = root / ".index"
+    index_dir = root / INDEX_DIR
     index_dir.mkdir(exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".runs-", suffix=".sqlite", dir=index_dir)
     os.close(fd)
@@ -55,7 +56,7 @@ def build_index(root: Path) -> Path:
         con.executemany("INSERT INTO runs VALUES (?, ?)", rows)
         con.commit()
         con.close()
-        final = index_dir / "runs.sqlite"
+        final = index_dir / INDEX_FILE
         os.replace(tmp, final)
     except BaseException:
         if os.path.exists(tmp):

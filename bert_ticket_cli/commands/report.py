@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from bert_ticket_cli.artifacts.index import build_index, query
+from bert_ticket_cli.artifacts.paths import MATRIX_FILE
 from bert_ticket_cli.config.schema import ReportConfig
 
 DEFAULT_COLUMNS = ["verb", "run_name", "task", "model", "method", "seed", "main_metric", "main_value",
@@ -117,7 +118,7 @@ def _tickets(cfg: ReportConfig, root: Path, rows: list[dict]) -> int:
         out = Path(cfg.plot_dir).expanduser() if cfg.plot_dir else root / "report"
         for v in views:
             print(f"plot: {plots.sparsity_curves(v, out / f'{v.task}_sparsity.png')}")
-        for matrix_file in sorted(root.glob("transfer/*/matrix.json")):
+        for matrix_file in sorted(root.glob(f"transfer/*/{MATRIX_FILE}")):
             path = out / f"transfer_{matrix_file.parent.name}.png"
             print(f"plot: {plots.transfer_heatmap(json.loads(matrix_file.read_text()), path)}")
     return 0
