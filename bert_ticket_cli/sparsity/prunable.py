@@ -23,7 +23,6 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-import torch
 from torch import nn
 
 from bert_ticket_cli.errors import UserError

@@ -34,7 +34,6 @@ from bert_ticket_cli.artifacts.paths import RunDir
 from bert_ticket_cli.artifacts.records import print_metrics_table, read_summary, write_summary
 from bert_ticket_cli.config.rules import check_pretrain
 from bert_ticket_cli.config.schema import RunConfig
-from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.workflows import earlybert
 from bert_ticket_cli.workflows.stages import Preempted, Run, run_stages, run_workflow
 from bert_ticket_cli.workflows.training import model_state
@@ -61,13 +60,14 @@ def run(cfg: RunConfig) -> int:
 
 def pretrain(run: Run, budget: Any) -> int:
     from bert_ticket_cli.data.pretraining import open_prepared, prepare
+    from bert_ticket_cli.model.sparse_mlm import build_pretrain_model
 
     cfg, session, main = run.cfg, run.session, run.main
     with session.main_process_first():
         path = prepare(cfg, log=print if main else (lambda *a, **k: None))
     data = open_prepared(path)
     session.set_seed(cfg.seed)
-    model = build_pretrain_model(cfg, data.tokenizer)
+    model = build_pretrain_model(cfg, data.tokenizer)  # needs the seed: its weights are drawn
     run.commit()
     session.wait_for_everyone()
     if cfg.method == "earlybert":
@@ -213,42 +213,3 @@ def make_budget(cfg: RunConfig) -> Any:
                   save_every_steps=cfg.train.save_every, early_stop_loss=p.early_stop.loss,
                   early_stop_after_s=d.early_stop_after_s, min_loss_scale=p.min_loss_scale)
 
-
-def build_pretrain_model(cfg: RunConfig, tokenizer: Any) -> torch.nn.Module:
-    """A BertForMaskedLM with sparse token prediction: random weights of ``model``'s geometry
-    (``pretrain.init=scratch``) or ``model.name_or_path``'s weights (``pretrained``).  Seed first."""
-    from transformers import AutoConfig, BertForMaskedLM
-
-    from bert_ticket_cli.model.build import _check_source, _wrap_load_error, build_model
-    from bert_ticket_cli.model.sparse_mlm import from_masked_lm
-
-    vocab = len(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    overrides = dict(cfg.model.config or {})
-    if "vocab_size" in overrides and int(overrides["vocab_size"]) != vocab:
-        raise UserError(f"model.config.vocab_size={overrides['vocab_size']} but the tokenizer has {vocab} tokens: "
-                        f"drop model.config.vocab_size")
-    if cfg.pretrain.init == "pretrained":
-        model = build_model(cfg.model, kind="mlm", num_labels=0)
-        if model.config.vocab_size != vocab:
-            raise UserError(f"{cfg.model.name_or_path} has a {model.config.vocab_size}-token vocabulary but the "
-                            f"prepared data's tokenizer has {vocab}: prepare with pretrain.data.tokenizer=model")
-    else:
-        overrides.update(vocab_size=vocab, pad_token_id=pad)
-        if cfg.model.name_or_path:  # its geometry, fresh weights
-            _check_source(cfg.model.name_or_path, "model config")
-            try:
-                config = AutoConfig.from_pretrained(cfg.model.name_or_path, **overrides)
-            except (OSError, ValueError) as exc:
-                raise _wrap_load_error(exc, cfg.model.name_or_path, "model config") from None
-            config._attn_implementation = cfg.model.attn_implementation
-            model = BertForMaskedLM(config)
-        else:
-            spec = copy.deepcopy(cfg.model)
-            spec.config = overrides
-            model = build_model(spec, kind="mlm", num_labels=0)
-    if model.config.max_position_embeddings < cfg.pretrain.data.seq_length:
-        raise UserError(f"the model has {model.config.max_position_embeddings} positions, fewer than "
-                        f"pretrain.data.seq_length={cfg.pretrain.data.seq_length}: raise "
-                        f"model.config.max_position_embeddings")
-    return from_masked_lm(model)
