@@ -15,6 +15,7 @@ import torch
 from bert_ticket_cli.artifacts.paths import RunDir
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
+from bert_ticket_cli.workflows.stages import Preempted
 
 
 def load_inputs(cfg: RunConfig, session: Any) -> tuple[Any, Any, torch.nn.Module]:
@@ -138,10 +139,9 @@ class Trained:
 def train_and_evaluate(cfg: RunConfig, session: Any, data: Any, tokenizer: Any, run: RunDir,
                        spec: TrainSpec) -> Trained:
     """Build the task model, load its weights, apply masks, train, evaluate.  A stop signal
-    (a checkpoint was written) raises :class:`~bert_ticket_cli.workflows.stages.Preempted`."""
+    (a checkpoint was written) raises :class:`Preempted`."""
     from bert_ticket_cli.engine.evaluate import main_metric_key
     from bert_ticket_cli.model.build import build_model
-    from bert_ticket_cli.workflows.stages import Preempted
 
     session.set_seed(cfg.seed)
     model = build_model(cfg.model, kind=data.info.kind, num_labels=data.info.num_labels, vocab_size=len(tokenizer))
