@@ -143,7 +143,7 @@ class Side:
 
         self.model.load_state_dict(self.init)
         hooks, enforcer = [], None
-        if self.masks is not None:  # as commands/common.py does: build, zero, hook in first
+        if self.masks is not None:  # as workflows/training.py does: build, zero, hook in first
             enforcer = MaskEnforcer(self.model, self.masks)
             enforcer.apply_weights()
             hooks.append(enforcer)

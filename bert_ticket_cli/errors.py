@@ -8,11 +8,8 @@ exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-EXIT_OK = 0
 #: Bad input: unknown key, wrong type, missing file, ... (one line on stderr).
 EXIT_USAGE = 2
-#: A verb or method that a later release builds.
-EXIT_NOT_IMPLEMENTED = 2
 #: Stopped by SIGTERM/SIGUSR1 after writing a checkpoint: requeue and pass ``resume=true``.
 #: 75 is EX_TEMPFAIL from sysexits.h ("temporary failure, try again").
 EXIT_PREEMPTED = 75

@@ -14,6 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bert_ticket_cli.artifacts.paths import STAGES_DIR, TICKET_JSON, TICKET_TENSORS, RunDir
+
 #: Columns of the machine-readable rows (``format=json|csv``), in order.
 FIELDS = ["run_name", "task", "seed", "main_metric", "early_bird_found", "early_bird_step",
           "search_time_s", "search_steps", "compact_time_s", "compact_steps", "dense_time_s",
@@ -32,7 +34,7 @@ def _ticket_key(path: Any) -> str | None:
     if not path:
         return None
     p = os.path.normpath(str(path))
-    if os.path.basename(p) in ("ticket.json", "ticket.safetensors"):
+    if os.path.basename(p) in (TICKET_JSON, TICKET_TENSORS):
         p = os.path.dirname(p)
     return p
 
@@ -82,7 +84,7 @@ def build(rows: list[dict[str, Any]], baseline_rows: list[dict[str, Any]] | None
         rand = baselines(pool, r.get("ticket"), "random")
         reinit = baselines(pool, r.get("ticket"), "reinit")
         saving = time_saving(r)
-        eb_file = r.get("earlybird_file") or (str(Path(r["run_dir"]) / "earlybird.json") if r.get("run_dir") else None)
+        eb_file = r.get("earlybird_file") or (str(RunDir(Path(r["run_dir"])).earlybird) if r.get("run_dir") else None)
         out.append({
             "run_name": r.get("run_name"),
             "task": r.get("task"),
@@ -137,6 +139,6 @@ def stage_run_name(r: dict[str, Any]) -> str | None:
         return name
     stage = r.get("stage") or name
     run_dir = r.get("run_dir")
-    if run_dir and Path(run_dir).parent.name == "stages":
+    if run_dir and Path(run_dir).parent.name == STAGES_DIR:
         return f"{Path(run_dir).parent.parent.name}/{stage}"
     return name

@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bert_ticket_cli.artifacts.paths import INDEX_DIR, INDEX_FILE, REPLACED_MARK, SUMMARY_FILE
 from bert_ticket_cli.errors import UserError
 
 #: Status of a run folder with a config.yaml but no summary.json.
@@ -47,7 +48,7 @@ def _hidden(path: Path, root: Path) -> bool:
 
 
 def find_summaries(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("summary.json") if ".replaced-" not in str(p.parent))
+    return sorted(p for p in root.rglob(SUMMARY_FILE) if REPLACED_MARK not in str(p.parent))
 
 
 def find_unfinished(root: Path) -> list[Path]:
@@ -120,7 +121,7 @@ def build_index(root: Path) -> Path:
         record = unfinished_record(run, root)
         if record is not None:
             rows.append((str(run), json.dumps(record, default=str)))
-    index_dir = root / ".index"
+    index_dir = root / INDEX_DIR
     index_dir.mkdir(exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".runs-", suffix=".sqlite", dir=index_dir)
     os.close(fd)
@@ -130,7 +131,7 @@ def build_index(root: Path) -> Path:
         con.executemany("INSERT INTO runs VALUES (?, ?)", rows)
         con.commit()
         con.close()
-        final = index_dir / "runs.sqlite"
+        final = index_dir / INDEX_FILE
         os.replace(tmp, final)
     except BaseException:
         if os.path.exists(tmp):

@@ -9,6 +9,20 @@
         model/               the trained model (safetensors + config + tokenizer), HF format
         checkpoints/step-N/  resumable state (Accelerate save_state + trainer_state.json)
         predictions/         GLUE leaderboard TSVs (eval.predict_test=true)
+        diverged.json        pretrain: what diverged, when, and the last good checkpoint
+
+    a multi-run procedure adds (each sub-run is a run folder of its own):
+        rewind/weights.safetensors   prune: the rewind point (all weights, task head included)
+        tickets/level-NN/            prune: ticket.safetensors + ticket.json (sparsity/ticket.py)
+        tickets/earlybird/           EarlyBERT: the structured ticket
+        levels/level-NN/             prune: one sub-run per level
+        trajectory.json              prune: sparsity -> metric, one row per level
+        stages/<stage>/              EarlyBERT: one sub-run per stage (search, compact, dense)
+        stages/search/checks.safetensors   EarlyBERT: the ticket drawn at every check
+        earlybird.json               EarlyBERT: check steps and mask-distance matrices
+        matrix.json                  transfer: source ticket x target task table
+
+    and under the runs root, the report's index: .index/runs.sqlite
 """
 
 from __future__ import annotations
@@ -22,6 +36,22 @@ from typing import Any
 
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
+SUMMARY_FILE = "summary.json"
+#: A run moved aside by overwrite=true is renamed <name><REPLACED_MARK><time>.
+REPLACED_MARK = ".replaced-"
+#: The folder of a ticket (two files, written by sparsity/ticket.py).
+TICKET_TENSORS = "ticket.safetensors"
+TICKET_JSON = "ticket.json"
+TICKETS_DIR = "tickets"
+STAGES_DIR = "stages"
+REWIND_WEIGHTS = ("rewind", "weights.safetensors")
+#: How a ticket's meta names its rewind weights: relative to tickets/<ticket>/, so a prune
+#: run folder can be moved or copied as a whole.
+REWIND_FROM_TICKET = "/".join(("..", "..", *REWIND_WEIGHTS))
+DIVERGED_FILE = "diverged.json"
+MATRIX_FILE = "matrix.json"
+INDEX_DIR = ".index"
+INDEX_FILE = "runs.sqlite"
 
 
 @dataclass(frozen=True)
@@ -38,7 +68,7 @@ class RunDir:
 
     @property
     def summary(self) -> Path:
-        return self.root / "summary.json"
+        return self.root / SUMMARY_FILE
 
     @property
     def model(self) -> Path:
@@ -51,6 +81,49 @@ class RunDir:
     @property
     def predictions(self) -> Path:
         return self.root / "predictions"
+
+    @property
+    def diverged(self) -> Path:
+        return self.root / DIVERGED_FILE
+
+    # ---- what the multi-run workflows add (see the module docstring) ----
+
+    @property
+    def rewind_weights(self) -> Path:
+        return self.root.joinpath(*REWIND_WEIGHTS)
+
+    def level(self, level: int) -> "RunDir":
+        """The sub-run of one prune level."""
+        return RunDir(self.root / "levels" / f"level-{level:02d}")
+
+    def ticket(self, level: int) -> Path:
+        """The ticket folder of one prune level."""
+        return self.root / TICKETS_DIR / f"level-{level:02d}"
+
+    @property
+    def earlybird_ticket(self) -> Path:
+        return self.root / TICKETS_DIR / "earlybird"
+
+    def stage(self, stage: str) -> "RunDir":
+        """The sub-run of one EarlyBERT stage."""
+        return RunDir(self.root / STAGES_DIR / stage)
+
+    @property
+    def checks(self) -> Path:
+        """The tickets drawn at every early-bird check (in the search stage's folder)."""
+        return self.root / "checks.safetensors"
+
+    @property
+    def earlybird(self) -> Path:
+        return self.root / "earlybird.json"
+
+    @property
+    def trajectory(self) -> Path:
+        return self.root / "trajectory.json"
+
+    @property
+    def matrix(self) -> Path:
+        return self.root / MATRIX_FILE
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"{CHECKPOINT_PREFIX}{step:08d}"

@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bert_ticket_cli.artifacts.paths import RunDir
+
 #: The summary roles of a pre-training run (a dense run, or EarlyBERT's search -> compact run);
 #: EarlyBERT's stage sub-runs (role ``stage``) are parts of a row, not rows.
 ROLES = ("pretrain", "earlybert")
@@ -205,10 +207,11 @@ def curves(rows: list[dict[str, Any]], root: Path | None = None) -> list[dict[st
             continue
         name = str(row["run_name"])
         if row.get("role") == "earlybert":
-            s_train, s_eval = read_metrics(rd / "stages" / "search" / "metrics.jsonl")
-            c_train, c_eval = read_metrics(rd / "stages" / "compact" / "metrics.jsonl")
+            run = RunDir(rd)
+            s_train, s_eval = read_metrics(run.stage("search").metrics)
+            c_train, c_eval = read_metrics(run.stage("compact").metrics)
             if not (c_train or c_eval):  # older layout: the compact stage logs in the run folder
-                c_train, c_eval = read_metrics(rd / "metrics.jsonl")
+                c_train, c_eval = read_metrics(run.metrics)
             search_end = max((t for t, _ in s_train + s_eval), default=None)
             compact_start = min((t for t, _ in c_train + c_eval), default=None)
             if search_end is not None and compact_start is not None and compact_start < search_end:
@@ -219,12 +222,12 @@ def curves(rows: list[dict[str, Any]], root: Path | None = None) -> list[dict[st
             if c_train or c_eval:
                 out.append({"run": name, "label": f"{name} (compact)", "stage": "compact",
                             "train": c_train, "eval": c_eval})
-            d_train, d_eval = read_metrics(rd / "stages" / "dense" / "metrics.jsonl")
+            d_train, d_eval = read_metrics(run.stage("dense").metrics)
             if d_train or d_eval:  # the dense baseline, from time 0 like the search
                 out.append({"run": name, "label": f"{name} (dense baseline)", "stage": "dense",
                             "train": d_train, "eval": d_eval})
         else:
-            train, evals = read_metrics(rd / "metrics.jsonl")
+            train, evals = read_metrics(RunDir(rd).metrics)
             if train or evals:
                 out.append({"run": name, "label": name, "stage": None, "train": train, "eval": evals})
     return out

@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from bert_ticket_cli import __version__
-from bert_ticket_cli.artifacts.paths import RunDir, atomic_write_json, atomic_write_text, run_dir
+from bert_ticket_cli.artifacts.paths import REPLACED_MARK, RunDir, atomic_write_json, atomic_write_text, run_dir
 from bert_ticket_cli.config.compose import to_yaml
 from bert_ticket_cli.errors import UserError
 
@@ -108,7 +108,7 @@ def commit_run(opened: OpenedRun, cfg: Any, *, is_main: bool = True) -> None:
     try:
         if opened.replace and rd.root.exists():
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            rd.root.rename(rd.root.with_name(f"{rd.root.name}.replaced-{stamp}"))
+            rd.root.rename(rd.root.with_name(f"{rd.root.name}{REPLACED_MARK}{stamp}"))
         rd.root.mkdir(parents=True, exist_ok=True)
         write_config(rd, cfg)
     except OSError as exc:

@@ -1,86 +1,13 @@
-"""``bert-ticket eval``: evaluate a saved model on a task's dev splits.
-
-``eval.checkpoint`` is a model directory (a run's ``model/`` folder, or any Hugging Face
-BERT directory); ``eval.predict_test=true`` also writes the GLUE leaderboard TSVs.  An
-evaluation is cheap and has no side effects on the model, so it always runs: the new
-record replaces ``summary.json`` and ``metrics.jsonl`` keeps the history.
-"""
+"""``bert-ticket eval``: evaluate a saved model on a task's dev splits
+(``eval.predict_test=true``: also the GLUE leaderboard TSVs).  See
+:mod:`bert_ticket_cli.workflows.evaluation`."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
-
-from bert_ticket_cli.artifacts.paths import append_jsonl, run_dir
-from bert_ticket_cli.artifacts.records import OpenedRun, commit_run, now, print_metrics_table, write_summary
 from bert_ticket_cli.config.schema import RunConfig
-from bert_ticket_cli.errors import UserError
-
-
-def _default_run_name(cfg: RunConfig, source: str) -> str:
-    p = Path(source)
-    label = p.parent.name if p.name == "model" else p.name
-    return f"{cfg.task.name}-{label or cfg.model.name}"
 
 
 def run(cfg: RunConfig) -> int:
-    source = cfg.eval.checkpoint or cfg.model.name_or_path
-    if source is None:
-        raise UserError("eval needs a trained model: pass eval.checkpoint=runs/rewind/<run>/model (or model.name_or_path=DIR)")
-    if cfg.eval.checkpoint and not Path(cfg.eval.checkpoint).expanduser().is_dir():
-        raise UserError(f"eval.checkpoint={cfg.eval.checkpoint} is not a directory: pass a saved model folder (a run's model/)")
-    from bert_ticket_cli.engine.evaluate import make_evaluator, predict
-    from bert_ticket_cli.engine.setup import make_accelerator, plan_batches, shutdown, world_size_from_env
-    from bert_ticket_cli.model.build import build_model, load_tokenizer
-    from bert_ticket_cli.tasks import load_task_data, task_info
+    from bert_ticket_cli.workflows import evaluation
 
-    if cfg.run_name is None:
-        cfg.run_name = _default_run_name(cfg, source)
-    rd = run_dir(cfg)
-    info = task_info(cfg.task.name)
-    # A saved run folder carries its tokenizer; otherwise use the model config's one.
-    tok_source = source if (Path(source) / "tokenizer_config.json").exists() else None
-    model_cfg = cfg.model
-    if cfg.eval.checkpoint:
-        # The checkpoint defines the architecture: the model group's config overrides (e.g. the
-        # default tiny model's sizes) must not be applied on top of it.
-        model_cfg = replace(cfg.model, config=None, name_or_path=source, tokenizer=tok_source or cfg.model.tokenizer)
-
-    plan = plan_batches(cfg.train, world_size_from_env())
-    # Evaluation needs no optimizer, which DeepSpeed's ZeRO engine insists on: plain DDP here.
-    accelerator = make_accelerator(replace(cfg.engine, deepspeed=None), cfg.train, plan)
-    main = accelerator.is_main_process
-    try:
-        started = now()
-        tokenizer = load_tokenizer(model_cfg, cfg.task)
-        with accelerator.main_process_first():
-            data = load_task_data(cfg, tokenizer, train=False, eval_splits=list(cfg.eval.splits) or None,
-                                  test=cfg.eval.predict_test)
-        model = build_model(model_cfg, kind=info.kind, num_labels=info.num_labels, source=source)
-        model = accelerator.prepare(model)
-        commit_run(OpenedRun(rd), cfg, is_main=main)
-
-        metrics = make_evaluator(accelerator, data, cfg.eval.batch_size, cfg.task.max_answer_length)(model)
-
-        written = []
-        if cfg.eval.predict_test and data.tests:
-            for split, fname in zip(info.test_splits, info.leaderboard_files):
-                ds = data.tests[split]
-                out = predict(accelerator, model, ds, data.collate, cfg.eval.batch_size)
-                if main:
-                    dest = rd.predictions / fname
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    info.write_predictions(split, ds["idx"], out, dest)
-                    written.append(str(dest))
-
-        if main:
-            append_jsonl(rd.metrics, {"event": "eval", "checkpoint": str(source), **metrics})
-            key = data.main_metric_key()
-            write_summary(rd, cfg, metrics=metrics, main_metric=key, started=started,
-                          extra={"checkpoint": str(source), "predictions": written})
-            print_metrics_table(f"{info.name} ({rd.root.name})", metrics)
-            for w in written:
-                print(f"test predictions: {w}")
-        return 0
-    finally:
-        shutdown(accelerator)
+    return evaluation.run(cfg)

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from bert_ticket_cli.artifacts.index import INTERRUPTED, UNFINISHED, build_index, query, records
+from bert_ticket_cli.artifacts.paths import MATRIX_FILE
 from bert_ticket_cli.config.schema import ReportConfig
 
 DEFAULT_COLUMNS = ["verb", "run_name", "status", "task", "model", "method", "seed", "main_metric", "main_value",
@@ -161,7 +162,7 @@ def _tickets(cfg: ReportConfig, root: Path, rows: list[dict], index: Path) -> in
                 print(f"plot: skipped {name}: no method with >= 2 sparsity points in {v.title}")
                 continue
             print(f"plot: {plots.sparsity_curves(v, out / name)}")
-        for matrix_file in sorted(root.glob("transfer/*/matrix.json")):
+        for matrix_file in sorted(root.glob(f"transfer/*/{MATRIX_FILE}")):
             path = out / f"transfer_{matrix_file.parent.name}.png"
             print(f"plot: {plots.transfer_heatmap(json.loads(matrix_file.read_text()), path)}")
     return 0

@@ -2,7 +2,7 @@
 and the early-bird detector (You et al., ICLR 2020) that says when the ticket stopped changing.
 
 Pure functions over tensors; the training side lives in :mod:`bert_ticket_cli.model.slimming`
-and :mod:`bert_ticket_cli.commands.earlybert`.
+and :mod:`bert_ticket_cli.methods.earlybert_search`.
 
 *Drawing.*  Heads and FFN neurons are ranked by ``|c|`` (the magnitude: the reference code
 ranks by the signed value, which would keep a head whose coefficient went to -0.9 over one at

@@ -21,8 +21,8 @@ Where the kept units sit: a compact model keeps its heads / neurons in their ori
 no longer knows their original indices, so by default the kept units of a layer go first and
 the zeros after them (a layer's output does not depend on the order of its heads or neurons).
 Given the structured :class:`~bert_ticket_cli.sparsity.ticket.Ticket` it was compacted with,
-the kept units go back to their original positions: the export then equals the full model with
-``ticket.apply_`` on the trained weights.
+the kept units go back to their original positions: the export then equals the full model
+with the ticket's pruned heads and neurons zeroed.
 
 Only safetensors are read and written; the export is written to a temporary sibling folder and
 renamed into place, so ``dest`` is either absent or complete.

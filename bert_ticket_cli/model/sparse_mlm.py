@@ -169,3 +169,46 @@ def from_masked_lm(model: BertForMaskedLM) -> SparseBertForMaskedLM:
         raise TypeError(f"from_masked_lm expects a transformers BertForMaskedLM, got {type(model).__name__}")
     model.__class__ = SparseBertForMaskedLM
     return model
+
+
+def build_pretrain_model(cfg: Any, tokenizer: Any) -> SparseBertForMaskedLM:
+    """A BertForMaskedLM with sparse token prediction: random weights of ``model``'s geometry
+    (``pretrain.init=scratch``) or ``model.name_or_path``'s weights (``pretrained``), from a
+    ``RunConfig``.  Seed the process first: fresh weights are drawn here."""
+    import copy
+
+    from transformers import AutoConfig
+
+    from bert_ticket_cli.errors import UserError
+    from bert_ticket_cli.model.build import _check_source, _wrap_load_error, build_model
+
+    vocab = len(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    overrides = dict(cfg.model.config or {})
+    if "vocab_size" in overrides and int(overrides["vocab_size"]) != vocab:
+        raise UserError(f"model.config.vocab_size={overrides['vocab_size']} but the tokenizer has {vocab} tokens: "
+                        f"drop model.config.vocab_size")
+    if cfg.pretrain.init == "pretrained":
+        model = build_model(cfg.model, kind="mlm", num_labels=0)
+        if model.config.vocab_size != vocab:
+            raise UserError(f"{cfg.model.name_or_path} has a {model.config.vocab_size}-token vocabulary but the "
+                            f"prepared data's tokenizer has {vocab}: prepare with pretrain.data.tokenizer=model")
+    else:
+        overrides.update(vocab_size=vocab, pad_token_id=pad)
+        if cfg.model.name_or_path:  # its geometry, fresh weights
+            _check_source(cfg.model.name_or_path, "model config")
+            try:
+                config = AutoConfig.from_pretrained(cfg.model.name_or_path, **overrides)
+            except (OSError, ValueError) as exc:
+                raise _wrap_load_error(exc, cfg.model.name_or_path, "model config") from None
+            config._attn_implementation = cfg.model.attn_implementation
+            model = BertForMaskedLM(config)
+        else:
+            spec = copy.deepcopy(cfg.model)
+            spec.config = overrides
+            model = build_model(spec, kind="mlm", num_labels=0)
+    if model.config.max_position_embeddings < cfg.pretrain.data.seq_length:
+        raise UserError(f"the model has {model.config.max_position_embeddings} positions, fewer than "
+                        f"pretrain.data.seq_length={cfg.pretrain.data.seq_length}: raise "
+                        f"model.config.max_position_embeddings")
+    return from_masked_lm(model)

@@ -23,7 +23,6 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-import torch
 from torch import nn
 
 from bert_ticket_cli.errors import UserError
@@ -94,23 +93,6 @@ def prunable_parameters(model: nn.Module, include_pooler: bool = True,
     return dict(ordered)
 
 
-def prunable_shapes(model: nn.Module, include_pooler: bool = True,
-                    patterns: Sequence[str] | None = None) -> dict[str, tuple[int, ...]]:
-    """``name -> shape`` of :func:`prunable_parameters`."""
-    return {n: tuple(p.shape) for n, p in prunable_parameters(model, include_pooler, patterns).items()}
-
-
-def count_weights(shapes: Mapping[str, Iterable[int]]) -> int:
-    """Number of scalar weights in ``shapes``."""
-    total = 0
-    for shape in shapes.values():
-        n = 1
-        for dim in shape:
-            n *= int(dim)
-        total += n
-    return total
-
-
 def shapes_fingerprint(shapes: Mapping[str, Iterable[int]]) -> str:
     """A short stable id of a set of named shapes (sha256 of sorted ``name:AxB`` lines, 16 hex)."""
     lines = sorted(f"{name}:{'x'.join(str(int(d)) for d in shape)}" for name, shape in shapes.items())
@@ -128,6 +110,3 @@ def total_parameters(model: nn.Module) -> int:
     """All parameters of ``model`` (task head included): the denominator of 'overall' sparsity."""
     return sum(p.numel() for p in model.parameters())
 
-
-def shapes_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(t.shape) for name, t in tensors.items()}

@@ -21,7 +21,7 @@ temporary name and renamed into place; into an existing, non-empty folder the tw
 written under temporary names and renamed over the old ones, the JSON last) and
 :meth:`Ticket.load` refuses a file whose checksum does not match.
 
-Applying a ticket to a model that lacks a parameter it has a mask for is an error, with one
+Fitting a ticket to a model that lacks a parameter it has a mask for is an error, with one
 exception: ``pooler.dense.weight`` is skipped when the model has no pooler (``BertForMaskedLM``
 is built without one), so a ticket found on a classification task applies to an MLM model; the
 rest of the ticket still applies.  Masks are never broadcast: a shape mismatch is an error.
@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bert_ticket_cli.artifacts.paths import TICKET_JSON, TICKET_TENSORS
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.sparsity.prunable import (
     POOLER,
@@ -55,12 +56,12 @@ from bert_ticket_cli.sparsity.prunable import (
 
 FORMAT = "bert-ticket/ticket"
 FORMAT_VERSION = 1
-TENSORS_FILE = "ticket.safetensors"
-JSON_FILE = "ticket.json"
+TENSORS_FILE = TICKET_TENSORS
+JSON_FILE = TICKET_JSON
 MASK_PREFIX = "masks/"
 HEADS_KEY = "structure/heads"
 NEURONS_KEY = "structure/neurons"
-#: Masks the model may lack (skipped by check_fits / apply_): models built without a pooler.
+#: Masks the model may lack (skipped by check_fits): models built without a pooler.
 OPTIONAL_MASKS = frozenset({POOLER})
 
 
@@ -310,51 +311,6 @@ class Ticket:
             if _shape(units) != want:
                 raise UserError(f"{self._describe()} does not fit this model: {attr} is {_shape(units)} in the "
                                 f"ticket and {want} in the model; use a ticket found on the same architecture")
-
-    @torch.no_grad()
-    def apply_(self, model: nn.Module) -> None:
-        """Set the pruned weights of ``model`` to exactly zero, in place.
-
-        Unstructured: every masked weight.  Structured: a pruned head's query/key/value rows
-        and biases and its attention-output columns; a pruned neuron's intermediate row and bias
-        and its output column (the unit then contributes nothing).
-        """
-        self.check_fits(model)
-        base = base_model(model)
-        params = dict(base.named_parameters())
-        for name, mask in self.masks.items():
-            param = params.get(name)
-            if param is None:  # a skipped optional mask (no pooler)
-                continue
-            param.masked_fill_(~mask.to(param.device), 0)
-        if self.heads is not None or self.neurons is not None:
-            self._zero_units(base, model.config)
-
-    def _zero_units(self, base: nn.Module, config: Any) -> None:
-        layers = base.encoder.layer
-        head_dim = int(config.hidden_size) // int(config.num_attention_heads)
-        for i, layer in enumerate(layers):
-            if self.heads is not None:
-                pruned = torch.nonzero(~self.heads[i]).flatten()
-                if pruned.numel():
-                    rows = (pruned[:, None] * head_dim + torch.arange(head_dim)).flatten()
-                    attn = layer.attention
-                    for lin in (attn.self.query, attn.self.key, attn.self.value):
-                        idx = rows.to(lin.weight.device)
-                        lin.weight[idx] = 0
-                        if lin.bias is not None:
-                            lin.bias[idx] = 0
-                    out = attn.output.dense
-                    out.weight[:, rows.to(out.weight.device)] = 0
-            if self.neurons is not None:
-                pruned = torch.nonzero(~self.neurons[i]).flatten()
-                if pruned.numel():
-                    inter, out = layer.intermediate.dense, layer.output.dense
-                    idx = pruned.to(inter.weight.device)
-                    inter.weight[idx] = 0
-                    if inter.bias is not None:
-                        inter.bias[idx] = 0
-                    out.weight[:, pruned.to(out.weight.device)] = 0
 
     def is_subset_of(self, other: "Ticket") -> bool:
         """True when every weight (head, neuron) kept here is also kept in ``other``: the

@@ -9,6 +9,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.model.compact import compact_, compact_sizes, load_compact
 from bert_ticket_cli.sparsity.ticket import Ticket
+from ticket_helpers import apply_ticket
 
 CFG = dict(vocab_size=60, hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=40,
            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3)
@@ -39,7 +40,7 @@ def _inputs():
 def test_compacted_equals_masked(attn):
     heads, neurons = _structure()
     masked = _model(attn)
-    Ticket(masks={}, heads=heads, neurons=neurons).apply_(masked)
+    apply_ticket(Ticket(masks={}, heads=heads, neurons=neurons), masked)
     small = compact_(_model(attn), heads, neurons)
     with torch.no_grad():
         a = masked(**_inputs()).logits

@@ -160,13 +160,13 @@ def test_detector_fires_on_the_first_stable_window_and_not_before():
 
 
 def test_search_hook_replays_its_checks_after_a_resume(tmp_path):
-    from bert_ticket_cli.commands.earlybert import EarlyBirdSearch, _save_checks, load_checks
+    from bert_ticket_cli.methods.earlybert_search import EarlyBirdSearch, load_checks, save_checks
     from bert_ticket_cli.config.schema import EarlyBertConfig
 
     store = tmp_path / "checks.safetensors"
     flips = [0, 3, 6, 9, 12, 13, 13, 14, 14, 14]
     checks = [(2 * (i + 1), *_ticket(f)) for i, f in enumerate(flips)]
-    _save_checks(store, checks)
+    save_checks(store, checks)
     assert [c[0] for c in load_checks(store, up_to=7)] == [2, 4, 6]
 
     class FakeSlim:

@@ -19,6 +19,7 @@ from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.model.compact import CONFIG_KEY, compact_
 from bert_ticket_cli.model.export import export_padded, export_padded_model
 from bert_ticket_cli.sparsity.ticket import Ticket
+from ticket_helpers import apply_ticket
 
 CFG = dict(vocab_size=60, hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=40,
            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3, max_position_embeddings=32)
@@ -100,7 +101,7 @@ def test_with_the_ticket_units_go_back_to_their_places(tmp_path):
     export_padded(tmp_path / "compact", tmp_path / "padded", ticket=tmp_path / "ticket")
     plain = _plain_load(AutoModelForSequenceClassification, tmp_path / "padded")
     masked = _full()
-    ticket.apply_(masked)  # the full model with the ticket applied: the same tensors, bit for bit
+    apply_ticket(ticket, masked)  # the full model with the ticket applied: the same tensors, bit for bit
     want = masked.state_dict()
     assert all(torch.equal(v, want[k]) for k, v in plain.state_dict().items())
     other = Ticket({}, heads=torch.ones(3, 4, dtype=torch.bool), neurons=neurons)

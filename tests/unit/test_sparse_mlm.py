@@ -14,6 +14,7 @@ from bert_ticket_cli.model.compact import compact_, load_compact
 from bert_ticket_cli.model.slimming import Slimming
 from bert_ticket_cli.model.sparse_mlm import SparseBertForMaskedLM, from_masked_lm, sparse_targets
 from bert_ticket_cli.sparsity.ticket import Ticket
+from ticket_helpers import apply_ticket
 
 V, L, P = 53, 12, 4
 CFG = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
@@ -222,7 +223,7 @@ def _compacted() -> tuple[SparseBertForMaskedLM, float, dict[str, torch.Tensor]]
     heads, neurons = _structure()
     kwargs = _sparse_kwargs(_batch(), "positions")
     masked = from_masked_lm(_dense())
-    Ticket(masks={}, heads=heads, neurons=neurons).apply_(masked)
+    apply_ticket(Ticket(masks={}, heads=heads, neurons=neurons), masked)
     small = compact_(from_masked_lm(_dense()), heads, neurons)
     assert small.bert.encoder.layer[1].attention.self.num_attention_heads == 1
     with torch.no_grad():

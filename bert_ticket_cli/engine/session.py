@@ -1,0 +1,123 @@
+"""The engine as the workflows see it: one :class:`Session` per run (processes, devices, batch
+geometry) with everything they do with it.
+
+Workflows and verbs never touch Accelerate or DeepSpeed: they ask the session whether this is
+the main process, to wait for the others, to train (``fit`` / ``fit_budget``), evaluate or save,
+and the session hands its accelerator and batch plan to the engine functions.  Only ``engine/``
+imports accelerate / deepspeed.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator
+
+from bert_ticket_cli.engine.setup import BatchPlan
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device) in this process."""
+    from accelerate.utils import set_seed as _set_seed
+
+    _set_seed(seed)
+
+
+@dataclass
+class Session:
+    accelerator: Any
+    plan: BatchPlan
+
+    # ---- processes ----
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def distributed_type(self) -> str:
+        """``no``, ``multi_cpu``, ``multi_gpu``, ``deepspeed``, ... (what records carry)."""
+        return self.accelerator.distributed_type.value.lower()
+
+    @property
+    def device(self) -> Any:
+        return self.accelerator.device
+
+    def wait_for_everyone(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    @contextmanager
+    def main_process_first(self) -> Iterator[None]:
+        """The main process runs the block first (e.g. prepares a cache), then the others."""
+        with self.accelerator.main_process_first():
+            yield
+
+    def unwrap_model(self, model: Any) -> Any:
+        return self.accelerator.unwrap_model(model)
+
+    set_seed = staticmethod(set_seed)
+
+    def describe(self) -> str:
+        """``N process(es) [type, device], batch G = m x w x a``."""
+        p = self.plan
+        return (f"{self.num_processes} process(es) [{self.distributed_type}, {self.device.type}], "
+                f"batch {p.global_batch} = {p.micro_batch} x {p.world_size} x {p.accumulation}")
+
+    def shutdown(self) -> None:
+        from bert_ticket_cli.engine.setup import shutdown
+
+        shutdown(self.accelerator)
+
+    # ---- the engine's work, on this session's processes ----
+
+    def fit(self, **kwargs: Any) -> Any:
+        """:func:`bert_ticket_cli.engine.loop.fit` (the epoch schedule)."""
+        from bert_ticket_cli.engine.loop import fit
+
+        return fit(accelerator=self.accelerator, plan=self.plan, **kwargs)
+
+    def fit_budget(self, **kwargs: Any) -> Any:
+        """:func:`bert_ticket_cli.engine.budget.fit_budget` (the clock schedule)."""
+        from bert_ticket_cli.engine.budget import fit_budget
+
+        return fit_budget(accelerator=self.accelerator, plan=self.plan, **kwargs)
+
+    def evaluator(self, data: Any, batch_size: int, max_answer_length: int = 30) -> Callable[[Any], dict[str, float]]:
+        from bert_ticket_cli.engine.evaluate import make_evaluator
+
+        return make_evaluator(self.accelerator, data, batch_size, max_answer_length)
+
+    def mlm_validation(self, model: Any, dataset: Any, collate: Callable, batch_size: int,
+                       max_samples: int | None) -> dict[str, float]:
+        from bert_ticket_cli.engine.budget import mlm_validation
+
+        return mlm_validation(self.accelerator, model, dataset, collate, batch_size, max_samples)
+
+    def predict(self, model: Any, dataset: Any, collate: Callable, batch_size: int) -> dict[str, Any]:
+        from bert_ticket_cli.engine.evaluate import predict
+
+        return predict(self.accelerator, model, dataset, collate, batch_size)
+
+    def prepare(self, model: Any) -> Any:
+        """Place ``model`` on this session's device(s) (evaluation: no optimizer)."""
+        return self.accelerator.prepare(model)
+
+    def save_model(self, model: Any, tokenizer: Any, dest: Any) -> None:
+        from bert_ticket_cli.engine.loop import save_model
+
+        save_model(self.accelerator, model, tokenizer, dest)
+
+
+def start_session(cfg: Any, *, deepspeed: bool = True) -> Session:
+    """Start the processes' engine for ``cfg.engine`` / ``cfg.train``.  ``deepspeed=False``
+    uses plain DDP whatever the engine says: evaluation needs no optimizer, which DeepSpeed's
+    ZeRO engine insists on."""
+    from bert_ticket_cli.engine.setup import make_accelerator, plan_batches, world_size_from_env
+
+    plan = plan_batches(cfg.train, world_size_from_env())
+    engine = cfg.engine if deepspeed else replace(cfg.engine, deepspeed=None)
+    return Session(make_accelerator(engine, cfg.train, plan), plan)

@@ -1,0 +1,91 @@
+"""What every workflow shares: the run preamble and the resumable stage loop.
+
+The preamble (:func:`run_workflow`): start the engine session, decide what to do with the run
+folder (nothing on disk changes yet), wait for every process, report a finished run and leave
+it alone, note the start time, run the workflow's body, and shut the session down whatever
+happens.  A body that was stopped by a signal (a checkpoint was written) raises
+:class:`Preempted`, and the process exits with 75 (requeue with ``resume=true``).
+
+The stage loop (:func:`run_stages`): a multi-run procedure (IMP levels, EarlyBERT stages) runs
+its stages as sub-runs, each a run folder of its own.  A finished stage (its ``summary.json``)
+is skipped and its record read; an interrupted one (a checkpoint, no record) is refused
+without ``resume=true`` and continued from its latest checkpoint with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterable
+
+from bert_ticket_cli.artifacts.paths import RunDir
+from bert_ticket_cli.artifacts.records import OpenedRun, commit_run, now, open_run, read_summary
+from bert_ticket_cli.errors import EXIT_PREEMPTED, UserError
+
+
+class Preempted(Exception):
+    """A stop signal (SIGTERM / SIGUSR1) interrupted training after it wrote a checkpoint."""
+
+
+@dataclass
+class Run:
+    """An opened run: its config, the engine session, its folder and when it started."""
+
+    cfg: Any
+    session: Any
+    opened: OpenedRun
+    started: str
+
+    @property
+    def dir(self) -> RunDir:
+        return self.opened.dir
+
+    @property
+    def main(self) -> bool:
+        return self.session.is_main
+
+    def commit(self) -> None:
+        """Every input has loaded: now the run folder may change (see ``records.commit_run``)."""
+        commit_run(self.opened, self.cfg, is_main=self.main)
+
+
+def run_workflow(cfg: Any, body: Callable[[Run], int], *,
+                 on_finished: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Open the run and call ``body(run)``; its exit status (75 when preempted).  A finished
+    run is reported (``on_finished(summary)`` prints its results) and not run again."""
+    from bert_ticket_cli.engine.session import start_session
+
+    session = start_session(cfg)
+    try:
+        opened = open_run(cfg)
+        session.wait_for_everyone()
+        if opened.finished:
+            if session.is_main:
+                print(f"{opened.dir.root} is already finished (overwrite=true to run it again)")
+                if on_finished is not None:
+                    on_finished(read_summary(opened.dir))
+            return 0
+        try:
+            return body(Run(cfg, session, opened, now()))
+        except Preempted:
+            return EXIT_PREEMPTED
+    finally:
+        session.shutdown()
+
+
+def run_stages(run: Run, stages: Iterable[tuple[Hashable, RunDir]],
+               train: Callable[[Hashable, RunDir, Path | None], dict[str, Any] | None],
+               records: dict[Hashable, Any] | None = None) -> dict[Hashable, Any]:
+    """Run each ``(key, sub-run folder)`` in order: ``train(key, folder, resume_from)`` returns
+    the stage's record (None on processes that do not write it).  ``records`` (filled in place
+    and returned) holds the records of the stages so far, finished ones read from disk."""
+    records = {} if records is None else records
+    for key, srd in stages:
+        if srd.summary.exists():
+            records[key] = read_summary(srd)
+            continue
+        latest = srd.latest_checkpoint()
+        if latest is not None and not run.cfg.resume:
+            raise UserError(f"{srd.root} was interrupted (checkpoint {latest.name}): pass resume=true to continue it")
+        records[key] = train(key, srd, latest if run.cfg.resume else None)
+    return records
