@@ -136,6 +136,27 @@ def _stop_reason(budget: Budget, state: TrainState, hooks_stop: bool) -> str | N
     return "early_bird" if hooks_stop else None
 
 
+def _agree(core: StepCore, state: TrainState) -> tuple[float, bool, bool]:
+    """One gather: all ranks agree on this step's loss, tokens, non-finite flag, stop signal and
+    clock (the slowest rank's); returns (mean loss, non-finite, stop signal)."""
+    dev = core.loss_sum.device
+    stats = torch.stack([
+        core.loss_sum / core.loss_n, core.tokens.float(),
+        torch.tensor(0.0 if torch.isfinite(core.loss_sum) else 1.0, device=dev),
+        torch.tensor(1.0 if signals.requested() else 0.0, device=dev),
+        torch.tensor(core.elapsed(), device=dev),
+    ]).unsqueeze(0)
+    if core.accelerator.num_processes > 1:
+        stats = core.accelerator.gather(stats)
+    tokens = int(stats[:, 1].sum())
+    state.elapsed_s = float(stats[:, 4].max())
+    core.reset_loss()
+    core.tokens.zero_()
+    state.tokens += tokens
+    core.tokens_session += tokens
+    return float(stats[:, 0].mean()), bool(stats[:, 2].sum() > 0), bool(stats[:, 3].sum() > 0)
+
+
 def _diverged(core: StepCore, state: TrainState, budget: Budget, loss_value: float, lr: float,
               scale: float | None, nonfinite: bool) -> Diverged:
     """Record the divergence (metrics.jsonl, diverged.json) and say what happened; no checkpoint."""
@@ -205,25 +226,8 @@ def fit_budget(
         return ChunkedOrder(len(train_dataset), seed=seed, epoch=epoch, chunk=shuffle_chunk)
 
     for _ in () if stop_reason else core.steps(state, order, on_step_start=set_lr):
-        # ---- all ranks agree on what happened in this step ----
         scale = loss_scale(accelerator, core.model)
-        dev = core.loss_sum.device
-        stats = torch.stack([
-            core.loss_sum / core.loss_n, core.tokens.float(),
-            torch.tensor(0.0 if torch.isfinite(core.loss_sum) else 1.0, device=dev),
-            torch.tensor(1.0 if signals.requested() else 0.0, device=dev),
-            torch.tensor(core.elapsed(), device=dev),
-        ]).unsqueeze(0)
-        if many:
-            stats = accelerator.gather(stats)
-        loss_value = float(stats[:, 0].mean())
-        tokens = int(stats[:, 1].sum())
-        nonfinite, stop_signal = bool(stats[:, 2].sum() > 0), bool(stats[:, 3].sum() > 0)
-        state.elapsed_s = float(stats[:, 4].max())
-        core.reset_loss()
-        core.tokens.zero_()
-        state.tokens += tokens
-        core.tokens_session += tokens
+        loss_value, nonfinite, stop_signal = _agree(core, state)
         if nonfinite or not math.isfinite(loss_value) or (scale is not None and scale < budget.min_loss_scale):
             raise _diverged(core, state, budget, loss_value, lr, scale, nonfinite)
 
