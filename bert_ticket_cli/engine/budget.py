@@ -19,27 +19,28 @@ What differs from :func:`bert_ticket_cli.engine.loop.fit` (fine-tuning by epochs
   rank's loss sum, token count, non-finite flag, stop signal and clock, so all ranks take the
   same decision (the slowest rank's clock is the run's clock).
 
-The data order is :class:`bert_ticket_cli.engine.batches.ChunkedOrder`: chunked
+The micro-step, checkpoints, stop signals and the eval record are the shared
+:class:`bert_ticket_cli.engine.core.StepCore`; this driver only decides the learning rate, the
+stops, when to evaluate / log / save, and what divergence does.  The data order is
+:class:`bert_ticket_cli.engine.batches.ChunkedOrder`: chunked
 permutations, a pure function of (seed, epoch, step), so resuming needs no sampler state and
 start-up does not grow with the corpus.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader
 
-from bert_ticket_cli.artifacts.paths import TRAINER_STATE, RunDir, append_jsonl, atomic_write_json
+from bert_ticket_cli.artifacts.paths import RunDir, append_jsonl, atomic_write_json
 from bert_ticket_cli.config.schema import TrainConfig
 from bert_ticket_cli.engine import signals
-from bert_ticket_cli.engine.loop import make_optimizer, save_checkpoint
+from bert_ticket_cli.engine.batches import ChunkedOrder
+from bert_ticket_cli.engine.core import StepCore, TrainResult, TrainState
 from bert_ticket_cli.engine.progress import Progress
 from bert_ticket_cli.engine.setup import BatchPlan
 from bert_ticket_cli.errors import UserError
@@ -99,38 +100,8 @@ class Budget:
         return elapsed / self.seconds if self.seconds > 0 else 1.0
 
 
-@dataclass
-class BudgetState:
-    """Where training is; saved as JSON in every checkpoint (no pickle)."""
-
-    step: int = 0
-    epoch: int = 0
-    step_in_epoch: int = 0
-    elapsed_s: float = 0.0  # wall time of training, evaluations and checkpoints included
-    eval_s: float = 0.0
-    tokens: int = 0  # training tokens processed (padding excluded), all processes
-    last_eval_s: float = 0.0
-    last_save_s: float = 0.0
-    evals: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class BudgetResult:
-    model: torch.nn.Module  # as prepared by Accelerate (unwrap before saving)
-    state: BudgetState
-    preempted: bool
-    stop_reason: str | None  # budget | max_steps | early_stop | early_bird; None when preempted
-    train_time_s: float  # elapsed minus evaluation
-    tokens_per_s: float  # this session's training throughput
-
-
 class Diverged(UserError):
     """Training diverged; nothing was checkpointed after the last good step."""
-
-
-def load_checkpoint(accelerator, path: Path) -> BudgetState:
-    accelerator.load_state(str(path))
-    return BudgetState(**json.loads((path / TRAINER_STATE).read_text()))
 
 
 def loss_scale(accelerator, model) -> float | None:
@@ -152,6 +123,61 @@ def _set_lr(optimizer, base_lrs: list[float], factor: float) -> float:
     return base_lrs[0] * factor
 
 
+def _stop_reason(budget: Budget, state: TrainState, hooks_stop: bool) -> str | None:
+    steps_clock = budget.clock == "steps"
+    if steps_clock and state.step >= budget.max_steps:
+        return "max_steps"
+    if not steps_clock and budget.progress(state.step, state.elapsed_s) >= 1.0:
+        return "budget"
+    if (budget.max_steps and state.step >= budget.max_steps) or (budget.step_limit and state.step >= budget.step_limit):
+        return "max_steps"
+    if steps_clock and state.elapsed_s >= budget.seconds:
+        return "budget"
+    return "early_bird" if hooks_stop else None
+
+
+def _agree(core: StepCore, state: TrainState) -> tuple[float, bool, bool]:
+    """One gather: all ranks agree on this step's loss, tokens, non-finite flag, stop signal and
+    clock (the slowest rank's); returns (mean loss, non-finite, stop signal)."""
+    dev = core.loss_sum.device
+    stats = torch.stack([
+        core.loss_sum / core.loss_n, core.tokens.float(),
+        torch.tensor(0.0 if torch.isfinite(core.loss_sum) else 1.0, device=dev),
+        torch.tensor(1.0 if signals.requested() else 0.0, device=dev),
+        torch.tensor(core.elapsed(), device=dev),
+    ]).unsqueeze(0)
+    if core.accelerator.num_processes > 1:
+        stats = core.accelerator.gather(stats)
+    tokens = int(stats[:, 1].sum())
+    state.elapsed_s = float(stats[:, 4].max())
+    core.reset_loss()
+    core.tokens.zero_()
+    state.tokens += tokens
+    core.tokens_session += tokens
+    return float(stats[:, 0].mean()), bool(stats[:, 2].sum() > 0), bool(stats[:, 3].sum() > 0)
+
+
+def _diverged(core: StepCore, state: TrainState, budget: Budget, loss_value: float, lr: float,
+              scale: float | None, nonfinite: bool) -> Diverged:
+    """Record the divergence (metrics.jsonl, diverged.json) and say what happened; no checkpoint."""
+    core.progress.close()
+    collapsed = scale is not None and scale < budget.min_loss_scale
+    what = (f"the fp16 loss scale collapsed to {scale:g} (below pretrain.min_loss_scale="
+            f"{budget.min_loss_scale:g})" if collapsed and not nonfinite else f"the loss became {loss_value}")
+    good = core.run.latest_checkpoint()
+    record = {"event": "diverged", "step": state.step, "elapsed_s": round(state.elapsed_s, 3),
+              "loss": loss_value if math.isfinite(loss_value) else str(loss_value), "lr": lr,
+              "loss_scale": scale, "last_good_checkpoint": str(good) if good else None}
+    if core.main:
+        append_jsonl(core.run.metrics, record)
+        atomic_write_json(core.run.root / DIVERGED_FILE, record)
+    keep = (f"the last good checkpoint {good.name} is kept (resume=true continues from it, e.g. with "
+            f"a lower train.lr or a longer pretrain.warmup_proportion)") if good else \
+        "no checkpoint had been written yet (lower train.lr or lengthen pretrain.warmup_proportion)"
+    return Diverged(f"training diverged at step {state.step} ({state.elapsed_s:.0f}s, lr {lr:.3g}): "
+                    f"{what}; stopped without saving; {keep}")
+
+
 def fit_budget(
     *,
     accelerator,
@@ -170,208 +196,85 @@ def fit_budget(
     penalty: Callable[[], torch.Tensor] | None = None,
     num_workers: int = 0,
     label: str = "pretrain",
-) -> BudgetResult:
+) -> TrainResult:
     """Train ``model`` until the budget (or max_steps / an early stop / a signal) ends it."""
-    from bert_ticket_cli.engine.batches import ChunkedOrder, StepBatches, steps_per_epoch
-
-    per_epoch = steps_per_epoch(len(train_dataset), plan.global_batch)
-    accelerator.free_memory()  # forget earlier stages' prepared objects (see loop.fit)
-    deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
-    optimizer = make_optimizer(model, train, deepspeed=deepspeed)
-    base_lrs = [train.lr for _ in optimizer.param_groups]
-    model, optimizer = accelerator.prepare(model, optimizer)
-    state = BudgetState()
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
-
-    main = accelerator.is_main_process
+    core = StepCore(accelerator=accelerator, model=model, train_dataset=train_dataset, collate=collate, train=train,
+                    plan=plan, seed=seed, run=run, evaluate=evaluate, hooks=hooks, penalty=penalty,
+                    num_workers=num_workers, pin_memory=accelerator.device.type == "cuda", count_tokens=True,
+                    poison=True)
+    state = core.resume(resume_from)
     many = accelerator.num_processes > 1
     steps_clock = budget.clock == "steps"
     total = int(budget.max_steps) if steps_clock else max(1, int(math.ceil(budget.seconds)))
-    progress = Progress(total, state.step if steps_clock else int(state.elapsed_s), enabled=main, description=label)
+    progress = Progress(total, state.step if steps_clock else int(state.elapsed_s), enabled=core.main,
+                        description=label)
     if resume_from is not None:
         progress.line(f"resumed from {resume_from} at step {state.step}, {state.elapsed_s:.1f}s of the budget used")
-    signals.install()
-
-    def elapsed_now() -> float:
-        return time.perf_counter() - t_start
-
-    def log_eval(model) -> dict[str, float]:
-        t_eval = time.perf_counter()
-        metrics = evaluate(model)
-        model.train()
-        state.eval_s += time.perf_counter() - t_eval
-        state.elapsed_s = elapsed_now()
-        state.last_eval_s = state.elapsed_s
-        record = {"event": "eval", "step": state.step, "elapsed_s": round(state.elapsed_s, 3), **metrics}
-        state.evals.append(record)
-        if main:
-            append_jsonl(run.metrics, record)
-        progress.line(f"eval  step {state.step}  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        return metrics
-
-    model.train()
-    t_start = time.perf_counter() - state.elapsed_s
-    t_session, tokens_session = time.perf_counter(), 0
+    core.start(state, progress)
     log_loss, log_steps = 0.0, 0
-    preempted, stop_reason = False, None
-    last = (steps_clock and state.step >= budget.max_steps) or (
-        not steps_clock and budget.progress(state.step, state.elapsed_s) >= 1.0)
-    if last:
-        stop_reason = "max_steps" if steps_clock else "budget"
-    step_loss = torch.zeros((), device=accelerator.device)
-    step_tokens = torch.zeros((), device=accelerator.device)
-    step_n = 0
-    lr = 0.0
+    preempted, lr = False, 0.0
+    over = state.step >= budget.max_steps if steps_clock else budget.progress(state.step, state.elapsed_s) >= 1.0
+    stop_reason = ("max_steps" if steps_clock else "budget") if over else None
 
-    while not last:
-        batches = StepBatches(
-            ChunkedOrder(len(train_dataset), seed=seed, epoch=state.epoch, chunk=shuffle_chunk),
-            global_batch=plan.global_batch, micro_batch=plan.micro_batch, world_size=plan.world_size,
-            rank=accelerator.process_index, steps=per_epoch, start_step=state.step_in_epoch,
-        )
-        loader = DataLoader(train_dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-                            pin_memory=accelerator.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(seed + state.epoch))
-        for batch in loader:
-            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-            if step_n == 0:  # a new optimizer step: its learning rate, from the clock now
-                # (set before the backward: DeepSpeed steps inside accelerator.backward)
-                lr = _set_lr(optimizer, base_lrs, lr_factor(budget.progress(state.step + 1, elapsed_now()),
-                                                            budget.warmup))
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                if signals.poison_loss(state.step + 1):
-                    loss = loss * float("nan")
-                accelerator.backward(loss if penalty is None else loss + penalty())
-                if accelerator.sync_gradients:
-                    for hook in hooks:
-                        hook.before_step(model)
-                    if train.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.detach().float()
-            step_tokens += batch["attention_mask"].sum()
-            step_n += 1
-            if not accelerator.sync_gradients:
-                continue
+    def set_lr() -> None:  # a new optimizer step: its learning rate, from the clock now
+        # (set before the backward: DeepSpeed steps inside accelerator.backward)
+        nonlocal lr
+        factor = lr_factor(budget.progress(state.step + 1, core.elapsed()), budget.warmup)
+        lr = _set_lr(core.optimizer, core.base_lrs, factor)
 
-            # ---- one optimizer step is complete: all ranks agree on what happened ----
-            for hook in hooks:
-                hook.after_step(model)
-            scale = loss_scale(accelerator, model)
-            stats = torch.stack([
-                step_loss / step_n, step_tokens.float(),
-                torch.tensor(0.0 if torch.isfinite(step_loss) else 1.0, device=step_loss.device),
-                torch.tensor(1.0 if signals.requested() else 0.0, device=step_loss.device),
-                torch.tensor(elapsed_now(), device=step_loss.device),
-            ]).unsqueeze(0)
-            if many:
-                stats = accelerator.gather(stats)
-            loss_value = float(stats[:, 0].mean())
-            tokens = int(stats[:, 1].sum())
-            nonfinite, stop_signal = bool(stats[:, 2].sum() > 0), bool(stats[:, 3].sum() > 0)
-            state.elapsed_s = float(stats[:, 4].max())
-            step_loss.zero_()
-            step_tokens.zero_()
-            step_n = 0
-            state.step += 1
-            state.step_in_epoch += 1
-            state.tokens += tokens
-            tokens_session += tokens
+    def order(epoch: int) -> ChunkedOrder:
+        return ChunkedOrder(len(train_dataset), seed=seed, epoch=epoch, chunk=shuffle_chunk)
 
-            collapsed = scale is not None and scale < budget.min_loss_scale
-            if nonfinite or not math.isfinite(loss_value) or collapsed:
-                progress.close()
-                what = (f"the fp16 loss scale collapsed to {scale:g} (below pretrain.min_loss_scale="
-                        f"{budget.min_loss_scale:g})" if collapsed and not nonfinite else f"the loss became {loss_value}")
-                good = run.latest_checkpoint()
-                record = {"event": "diverged", "step": state.step, "elapsed_s": round(state.elapsed_s, 3),
-                          "loss": loss_value if math.isfinite(loss_value) else str(loss_value), "lr": lr,
-                          "loss_scale": scale, "last_good_checkpoint": str(good) if good else None}
-                if main:
-                    append_jsonl(run.metrics, record)
-                    atomic_write_json(run.root / DIVERGED_FILE, record)
-                keep = (f"the last good checkpoint {good.name} is kept (resume=true continues from it, e.g. with "
-                        f"a lower train.lr or a longer pretrain.warmup_proportion)") if good else \
-                    "no checkpoint had been written yet (lower train.lr or lengthen pretrain.warmup_proportion)"
-                raise Diverged(f"training diverged at step {state.step} ({state.elapsed_s:.0f}s, lr {lr:.3g}): "
-                               f"{what}; stopped without saving; {keep}")
+    for _ in () if stop_reason else core.steps(state, order, on_step_start=set_lr):
+        scale = loss_scale(accelerator, core.model)
+        loss_value, nonfinite, stop_signal = _agree(core, state)
+        if nonfinite or not math.isfinite(loss_value) or (scale is not None and scale < budget.min_loss_scale):
+            raise _diverged(core, state, budget, loss_value, lr, scale, nonfinite)
 
-            log_loss += loss_value
-            log_steps += 1
-            if steps_clock and state.step >= budget.max_steps:
-                last, stop_reason = True, "max_steps"
-            elif not steps_clock and budget.progress(state.step, state.elapsed_s) >= 1.0:
-                last, stop_reason = True, "budget"
-            elif budget.max_steps and state.step >= budget.max_steps:
-                last, stop_reason = True, "max_steps"
-            elif budget.step_limit and state.step >= budget.step_limit:
-                last, stop_reason = True, "max_steps"
-            elif steps_clock and state.elapsed_s >= budget.seconds:
-                last, stop_reason = True, "budget"
-            elif any(getattr(h, "stop_training", False) for h in hooks):
-                last, stop_reason = True, "early_bird"
+        log_loss += loss_value
+        log_steps += 1
+        stop_reason = _stop_reason(budget, state, core.hooks_stop())
+        last = stop_reason is not None
+        if state.step % train.log_every == 0 or last:
+            session = core.session_s()
+            record = {"event": "train", "step": state.step, "loss": log_loss / log_steps, "lr": lr,
+                      "elapsed_s": round(state.elapsed_s, 3), "tokens": state.tokens,
+                      "tokens_per_s": round(core.tokens_session / session, 1) if session > 0 else None}
+            where = (f"step {state.step}/{budget.max_steps}  {state.elapsed_s / 60:.1f} min" if steps_clock else
+                     f"step {state.step}  {state.elapsed_s / 60:.1f}/{budget.seconds / 60:.1f} min")
+            core.log(record, f"{where}  loss {record['loss']:.4f}  lr {lr:.3g}  "
+                             f"{record['tokens_per_s'] or 0:.0f} tok/s")
+            log_loss, log_steps = 0.0, 0
+        progress.advance(state.step if steps_clock else min(total, int(state.elapsed_s)))
 
-            if state.step % train.log_every == 0 or last:
-                session = time.perf_counter() - t_session
-                record = {"event": "train", "step": state.step, "loss": log_loss / log_steps, "lr": lr,
-                          "elapsed_s": round(state.elapsed_s, 3), "tokens": state.tokens,
-                          "tokens_per_s": round(tokens_session / session, 1) if session > 0 else None}
-                if main:
-                    append_jsonl(run.metrics, record)
-                where = (f"step {state.step}/{budget.max_steps}  {state.elapsed_s / 60:.1f} min" if steps_clock else
-                         f"step {state.step}  {state.elapsed_s / 60:.1f}/{budget.seconds / 60:.1f} min")
-                progress.line(f"{where}  loss {record['loss']:.4f}  lr {lr:.3g}  "
-                              f"{record['tokens_per_s'] or 0:.0f} tok/s")
-                log_loss, log_steps = 0.0, 0
-            progress.advance(state.step if steps_clock else min(total, int(state.elapsed_s)))
+        if evaluate is not None and (
+            last
+            or (budget.eval_every_steps and state.step % budget.eval_every_steps == 0)
+            or (budget.eval_every_s and state.elapsed_s - state.last_eval_s >= budget.eval_every_s)
+        ):
+            metrics = core.eval_record(state, f"eval  step {state.step}  ")
+            after = budget.early_stop_after_s
+            if (not last and budget.early_stop_loss is not None and after is not None
+                    and state.elapsed_s >= after and metrics.get("mlm_loss", -math.inf) > budget.early_stop_loss):
+                progress.line(f"early stop: validation loss {metrics['mlm_loss']:.4f} is still above "
+                              f"{budget.early_stop_loss:g} after {state.elapsed_s / 3600:.2f} h")
+                last, stop_reason = True, "early_stop"
 
-            want_eval = evaluate is not None and (
-                last
-                or (budget.eval_every_steps and state.step % budget.eval_every_steps == 0)
-                or (budget.eval_every_s and state.elapsed_s - state.last_eval_s >= budget.eval_every_s)
-            )
-            if want_eval:
-                metrics = log_eval(model)
-                after = budget.early_stop_after_s
-                if (not last and budget.early_stop_loss is not None and after is not None
-                        and state.elapsed_s >= after and metrics.get("mlm_loss", -math.inf) > budget.early_stop_loss):
-                    progress.line(f"early stop: validation loss {metrics['mlm_loss']:.4f} is still above "
-                                  f"{budget.early_stop_loss:g} after {state.elapsed_s / 3600:.2f} h")
-                    last, stop_reason = True, "early_stop"
-
-            signals.fault_injection(state.step)
-            if not last and (stop_signal or (not many and signals.requested() is not None)):
-                save_checkpoint(accelerator, run, state, train.keep_checkpoints)
-                progress.line(f"stop signal: checkpoint written at step {state.step}; resume with resume=true")
-                preempted = True
-                break
-            if not last and (
-                (budget.save_every_steps and state.step % budget.save_every_steps == 0)
-                or (budget.save_every_s and state.elapsed_s - state.last_save_s >= budget.save_every_s)
-            ):
-                state.last_save_s = state.elapsed_s
-                save_checkpoint(accelerator, run, state, train.keep_checkpoints)
-            if last:
-                break
-            if state.step_in_epoch >= per_epoch:
-                state.epoch += 1
-                state.step_in_epoch = 0
-                break  # next epoch: a new order over the same statically masked copies
-        if preempted:
+        if core.preempt(state, last, agreed=stop_signal if many else None):
+            preempted = True
             break
-    if last and evaluate is not None and (not state.evals or state.evals[-1]["step"] != state.step):
-        log_eval(model)  # e.g. a run resumed after its deadline had already passed
+        if not last and (
+            (budget.save_every_steps and state.step % budget.save_every_steps == 0)
+            or (budget.save_every_s and state.elapsed_s - state.last_save_s >= budget.save_every_s)
+        ):
+            state.last_save_s = state.elapsed_s
+            core.save(state)
+        if last:
+            break  # (at an epoch's end the core starts the next order over the same statically masked copies)
+    if stop_reason and evaluate is not None and (not state.evals or state.evals[-1]["step"] != state.step):
+        core.eval_record(state, f"eval  step {state.step}  ")  # e.g. a run resumed after its deadline had passed
 
-    progress.close()
-    session = time.perf_counter() - t_session
-    return BudgetResult(
-        model=model, state=state, preempted=preempted, stop_reason=None if preempted else stop_reason,
-        train_time_s=state.elapsed_s - state.eval_s,
-        tokens_per_s=tokens_session / session if session > 0 else 0.0,
-    )
+    return core.result(state, preempted, stop_reason=None if preempted else stop_reason)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ ticket, record and table of this file.
       stages/compact/model/               the compacted model (reload: bert-ticket eval / load_compact)
       stages/dense/                       the dense baseline
 
-Times are training wall times without evaluation (``FitResult.train_time_s``); the saving is
+Times are training wall times without evaluation (``TrainResult.train_time_s``); the saving is
 ``1 - (search + compact) / dense``.
 """
 

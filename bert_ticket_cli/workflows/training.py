@@ -130,7 +130,7 @@ class TrainSpec:
 
 @dataclass
 class Trained:
-    result: Any  # engine.loop.FitResult
+    result: Any  # engine.core.TrainResult
     metrics: dict[str, float]
     main_key: str
     n_params: int

@@ -16,6 +16,7 @@ from bert_ticket_cli.engine.batches import StepBatches, epoch_order, steps_per_e
 from bert_ticket_cli.engine.loop import make_schedule, param_groups, total_steps
 from bert_ticket_cli.engine.setup import plan_batches
 from bert_ticket_cli.errors import UserError
+from tests.unit.test_enforce import fresh_accelerate_state, restore_signals, tiny_model  # noqa: F401 (fixtures)
 
 
 def _step_sets(world: int, micro: int, n=100, B=16, steps=6, start=0):
@@ -124,3 +125,42 @@ def test_index_rebuild_and_filters(tmp_path):
     assert len(query(build_index(tmp_path), [])) == 3  # rebuilt, not appended
     with pytest.raises(UserError):
         query(index, ["nonsense"])
+
+
+def test_budget_loop_resumes_from_a_checkpoint_at_an_epoch_end(tmp_path, restore_signals, fresh_accelerate_state):
+    """A checkpoint written after an epoch's last step (epoch e, step_in_epoch = steps per epoch)
+    resumes into epoch e+1 and gives the uninterrupted run's losses and weights."""
+    from datasets import Dataset
+
+    from bert_ticket_cli.config.schema import EngineConfig
+    from bert_ticket_cli.engine.budget import Budget, fit_budget
+    from bert_ticket_cli.engine.setup import make_accelerator
+
+    g = torch.Generator().manual_seed(0)
+    dataset = Dataset.from_dict({"input_ids": torch.randint(5, 100, (8, 6), generator=g).tolist(),
+                                 "attention_mask": torch.ones(8, 6, dtype=torch.long).tolist(),
+                                 "labels": torch.randint(0, 2, (8,), generator=g).tolist()})
+
+    def collate(rows):
+        return {k: torch.tensor([r[k] for r in rows]) for k in ("input_ids", "attention_mask", "labels")}
+
+    train = TrainConfig(batch_size=4, lr=1e-2, log_every=1, keep_checkpoints=5)  # 2 steps per epoch
+    plan = plan_batches(train, world_size=1)
+
+    def run(name: str, resume=None):
+        result = fit_budget(accelerator=make_accelerator(EngineConfig(cpu=True), train, plan), model=tiny_model(),
+                            train_dataset=dataset, collate=collate, train=train, plan=plan,
+                            budget=Budget(seconds=3600, clock="steps", max_steps=5, save_every_steps=2), seed=0,
+                            run=RunDir(tmp_path / name), evaluate=None, shuffle_chunk=3, resume_from=resume)
+        records = map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
+        losses = {r["step"]: r["loss"] for r in records}
+        return result, losses
+
+    straight, straight_losses = run("straight")
+    first = RunDir(tmp_path / "straight").checkpoint(2)
+    assert json.loads((first / "trainer_state.json").read_text())["step_in_epoch"] == 2
+    resumed, resumed_losses = run("resumed", resume=first)
+    assert resumed.state.step == straight.state.step == 5 and resumed.stop_reason == "max_steps"
+    assert resumed_losses == {s: straight_losses[s] for s in (3, 4, 5)}
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
