@@ -24,69 +24,70 @@ def _sst2_folder(root: Path, train_lines: list[str]) -> Path:
     return d
 
 
-def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
+# name -> (arguments, text the one stderr line must contain); {tmp}, {ro}, {malformed} and {empty}
+# are filled in per case by _folders().
+CASES: dict[str, tuple[list[str], str]] = {
+    "unknown key": (["rewind", "train.lrr=1e-4"], "train.lr"),
+    "wrong type": (["rewind", "train.lr=abc"], "train.lr"),
+    "unknown group option": (["rewind", "task=mnlii"], "mnli"),
+    "value out of range": (["rewind", "train.warmup_ratio=1.5"], "warmup_ratio"),
+    "bad choice": (["rewind", "engine.mixed_precision=fp8"], "bf16"),
+    "required value": (["rewind", "model=local"], "model.name_or_path"),
+    "not an override": (["rewind", "lr"], "key=value"),
+    "deepspeed fp16 on cpu": (["rewind", *TINY, "engine=deepspeed_zero2_fp16", "output_dir={tmp}/r"], "fp16"),
+    "fp16 on cpu": (["rewind", *TINY, "engine.mixed_precision=fp16", "output_dir={tmp}/r"], "fp16"),
+    "indivisible batch": (["rewind", *TINY, "train.micro_batch_size=5", "output_dir={tmp}/r"], "batch_size"),
+    "batch larger than data": (["rewind", *TINY, "train.batch_size=512", "output_dir={tmp}/r"], "batch"),
+    "missing model dir": (["rewind", "model=local", "model.name_or_path=/nonexistent/model", "task=sst2",
+                           "task.data_dir={malformed}", "output_dir={tmp}/r"], "/nonexistent/model"),
+    "hub model offline": (["rewind", "model=bert-base-uncased", "task=sst2", "task.data_dir={malformed}",
+                           "output_dir={tmp}/r", "model.name_or_path=no-such-org/no-such-bert"], "offline"),
+    "missing data dir": (["rewind", "task=sst2", "model.tokenizer=synthetic", "task.data_dir=/nonexistent/glue",
+                          "output_dir={tmp}/r"], "/nonexistent/glue"),
+    "hub dataset offline": (["rewind", "task=rte", "model.tokenizer=synthetic", "output_dir={tmp}/r"], "offline"),
+    "malformed tsv": (["rewind", "task=sst2", "model.tokenizer=synthetic", "task.data_dir={malformed}",
+                       "output_dir={tmp}/r"], "line 3"),
+    "empty dataset": (["rewind", "task=sst2", "model.tokenizer=synthetic", "task.data_dir={empty}",
+                       "output_dir={tmp}/r"], "train.tsv"),
+    "read-only output": (["rewind", *TINY, "output_dir={ro}/runs"], "writable"),
+    "nan loss": (["rewind", *TINY, "train.lr=1e12", "train.max_grad_norm=0", "output_dir={tmp}/nan"], "loss"),
+    "pretrain without a corpus": (["pretrain", "output_dir={tmp}/r", "cache_dir={tmp}/c"], "pretrain.data.corpus"),
+    "pretrain missing corpus file": (["pretrain", "prepare", "pretrain.data.corpus=[/nonexistent/wiki.txt]",
+                                      "cache_dir={tmp}/c"], "/nonexistent/wiki.txt"),
+    "pretrain bad budget": (["pretrain", "pretrain.budget=soon"], "pretrain.budget"),
+    "pretrain steps clock without max_steps": (["pretrain", "pretrain.clock=steps"], "train.max_steps"),
+    "pretrain early stop half set": (["pretrain", "pretrain.early_stop.loss=6"], "early_stop"),
+    "method not built yet": (["prune", "method=super_tickets"], "super-tickets"),
+    "earlybert fraction out of range": (["prune", "method=earlybert", "prune.earlybert.neuron_fraction=1.2"],
+                                        "neuron_fraction"),
+    "sparsity out of range": (["prune", "method=omp", "prune.sparsities=[0.5,1.5]"], "sparsity must be in [0, 1)"),
+    "missing ticket": (["rewind", "ticket=/nonexistent/ticket"], "/nonexistent/ticket"),
+    "eval without model": (["eval", "task=synthetic"], "eval.checkpoint"),
+    "eval checkpoint missing": (["eval", "task=synthetic", "eval.checkpoint=/nonexistent/model"], "not a directory"),
+    "report on a missing folder": (["report", "output_dir=/nonexistent/runs"], "output_dir"),
+    "unknown report option": (["report", "format=xml"], "format"),
+}
+
+
+def _folders(tmp: Path) -> dict[str, Path]:
     ro = tmp / "readonly"
     ro.mkdir()
     os.chmod(ro, 0o555)
     malformed = _sst2_folder(tmp / "malformed", ["a fine film\t1", "no label column here"])
     empty = _sst2_folder(tmp / "empty", [])
-    return {
-        "unknown key": (["rewind", "train.lrr=1e-4"], "train.lr"),
-        "wrong type": (["rewind", "train.lr=abc"], "train.lr"),
-        "unknown group option": (["rewind", "task=mnlii"], "mnli"),
-        "value out of range": (["rewind", "train.warmup_ratio=1.5"], "warmup_ratio"),
-        "bad choice": (["rewind", "engine.mixed_precision=fp8"], "bf16"),
-        "required value": (["rewind", "model=local"], "model.name_or_path"),
-        "not an override": (["rewind", "lr"], "key=value"),
-        "deepspeed fp16 on cpu": (["rewind", *TINY, "engine=deepspeed_zero2_fp16", f"output_dir={tmp}/r"], "fp16"),
-        "fp16 on cpu": (["rewind", *TINY, "engine.mixed_precision=fp16", f"output_dir={tmp}/r"], "fp16"),
-        "indivisible batch": (["rewind", *TINY, "train.micro_batch_size=5", f"output_dir={tmp}/r"], "batch_size"),
-        "batch larger than data": (["rewind", *TINY, "train.batch_size=512", f"output_dir={tmp}/r"], "batch"),
-        "missing model dir": (["rewind", "model=local", "model.name_or_path=/nonexistent/model", "task=sst2",
-                               f"task.data_dir={malformed}", f"output_dir={tmp}/r"], "/nonexistent/model"),
-        "hub model offline": (["rewind", "model=bert-base-uncased", "task=sst2", f"task.data_dir={malformed}",
-                               f"output_dir={tmp}/r", "model.name_or_path=no-such-org/no-such-bert"], "offline"),
-        "missing data dir": (["rewind", "task=sst2", "model.tokenizer=synthetic", "task.data_dir=/nonexistent/glue",
-                              f"output_dir={tmp}/r"], "/nonexistent/glue"),
-        "hub dataset offline": (["rewind", "task=rte", "model.tokenizer=synthetic", f"output_dir={tmp}/r"], "offline"),
-        "malformed tsv": (["rewind", "task=sst2", "model.tokenizer=synthetic", f"task.data_dir={malformed}",
-                           f"output_dir={tmp}/r"], "line 3"),
-        "empty dataset": (["rewind", "task=sst2", "model.tokenizer=synthetic", f"task.data_dir={empty}",
-                           f"output_dir={tmp}/r"], "train.tsv"),
-        "read-only output": (["rewind", *TINY, f"output_dir={ro}/runs"], "writable"),
-        "nan loss": (["rewind", *TINY, "train.lr=1e12", "train.max_grad_norm=0", f"output_dir={tmp}/nan"], "loss"),
-        "pretrain without a corpus": (["pretrain", f"output_dir={tmp}/r", f"cache_dir={tmp}/c"], "pretrain.data.corpus"),
-        "pretrain missing corpus file": (["pretrain", "prepare", "pretrain.data.corpus=[/nonexistent/wiki.txt]",
-                                          f"cache_dir={tmp}/c"], "/nonexistent/wiki.txt"),
-        "pretrain bad budget": (["pretrain", "pretrain.budget=soon"], "pretrain.budget"),
-        "pretrain steps clock without max_steps": (["pretrain", "pretrain.clock=steps"], "train.max_steps"),
-        "pretrain early stop half set": (["pretrain", "pretrain.early_stop.loss=6"], "early_stop"),
-        "method not built yet": (["prune", "method=super_tickets"], "super-tickets"),
-        "earlybert fraction out of range": (["prune", "method=earlybert", "prune.earlybert.neuron_fraction=1.2"],
-                                            "neuron_fraction"),
-        "sparsity out of range": (["prune", "method=omp", "prune.sparsities=[0.5,1.5]"], "sparsity must be in [0, 1)"),
-        "missing ticket": (["rewind", "ticket=/nonexistent/ticket"], "/nonexistent/ticket"),
-        "eval without model": (["eval", "task=synthetic"], "eval.checkpoint"),
-        "eval checkpoint missing": (["eval", "task=synthetic", "eval.checkpoint=/nonexistent/model"], "not a directory"),
-        "report on a missing folder": (["report", "output_dir=/nonexistent/runs"], "output_dir"),
-        "unknown report option": (["report", "format=xml"], "format"),
-    }
+    return {"tmp": tmp, "ro": ro, "malformed": malformed, "empty": empty}
 
 
-def test_bad_inputs_exit_2_with_one_line(tmp_path):
-    if os.geteuid() == 0:
-        # root ignores file modes; the read-only case is then checked by test_readonly_output_dir below
-        pass
-    failures = []
-    for name, (args, needle) in _cases(tmp_path).items():
-        if name == "read-only output" and os.geteuid() == 0:
-            continue
-        r = cli(*args)
-        lines = r.stderr.strip().splitlines()
-        ok = r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
-        if not ok:
-            failures.append(f"{name}: rc={r.returncode} stderr={r.stderr.strip()[-400:]!r}")
-    assert not failures, "\n".join(failures)
+@pytest.mark.parametrize("name", list(CASES), ids=list(CASES))
+def test_bad_input_exits_2_with_one_line(name, tmp_path):
+    if name == "read-only output" and os.geteuid() == 0:
+        pytest.skip("root ignores file modes; test_readonly_output_dir checks this case")
+    args, needle = CASES[name]
+    folders = _folders(tmp_path)
+    r = cli(*(a.format(**folders) for a in args))
+    lines = r.stderr.strip().splitlines()
+    ok = r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+    assert ok, f"{name}: rc={r.returncode} stderr={r.stderr.strip()[-400:]!r}"
 
 
 def test_readonly_output_dir(tmp_path):

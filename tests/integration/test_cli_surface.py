@@ -12,20 +12,20 @@ pytestmark = pytest.mark.integration
 
 
 def test_help_lists_the_six_verbs():
-    r = cli("--help")
+    r = cli("--help", process=True)  # the installed console behaviour: a fresh process
     assert r.returncode == 0
     for verb in ("prune", "rewind", "transfer", "pretrain", "eval", "report"):
         assert verb in r.stdout
 
 
 def test_verb_help_lists_groups_and_an_example():
-    r = cli("rewind", "--help")
+    r = cli("rewind", "--help", process=True)  # the installed console behaviour: a fresh process
     assert r.returncode == 0
     assert "task: cola" in r.stdout and "engine: cpu" in r.stdout and "Example: bert-ticket rewind" in r.stdout
 
 
 def test_version():
-    r = cli("--version")
+    r = cli("--version", process=True)  # the installed console behaviour: a fresh process
     assert r.returncode == 0 and r.stdout.strip() == f"bert-ticket {__version__}"
 
 

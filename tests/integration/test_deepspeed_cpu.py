@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, cli, train_losses
+from tests.conftest import REPO, cli, free_port, train_losses
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,8 @@ TINY = ["experiment=demo", "task.synthetic.n_train=640", "train.log_every=1",
 DS = ["engine=deepspeed_zero2_bf16", "engine.mixed_precision=no"]
 
 
-def _torchrun(port: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+def _torchrun() -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
             "-m", "bert_ticket_cli"]
 
 
@@ -35,7 +35,7 @@ def test_two_process_deepspeed_matches_one_process(tmp_path):
     args = [*TINY, "train.epochs=1", f"output_dir={out}"]
     one = cli("rewind", *args, "run_name=one")
     assert one.returncode == 0, one.stderr[-2000:]
-    two = cli("rewind", *args, *DS, "run_name=ds", launcher=_torchrun(29531), env=DS_ENV)
+    two = cli("rewind", *args, *DS, "run_name=ds", launcher=_torchrun(), env=DS_ENV, process=True)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 process(es) [deepspeed, cpu], batch 32 = 16 x 2 x 1" in two.stdout
     a, b = train_losses(out / "rewind" / "one"), train_losses(out / "rewind" / "ds")
@@ -50,10 +50,12 @@ def test_deepspeed_checkpoint_resume_continues_the_trajectory(tmp_path):
     args = [*TINY, "train.epochs=2", "train.save_every=11", f"output_dir={out}"]
     ref = cli("rewind", *args, "run_name=ref")
     assert ref.returncode == 0, ref.stderr[-2000:]
-    cut = cli("rewind", *args, *DS, "run_name=ds", env={**DS_ENV, "BERT_TICKET_FAULT_AT_STEP": "27:TERM"})
+    cut = cli("rewind", *args, *DS, "run_name=ds", env={**DS_ENV, "BERT_TICKET_FAULT_AT_STEP": "27:TERM"},
+              process=True)  # the fault hook signals its own pid
     assert cut.returncode == 75, cut.stderr[-3000:]
     assert "1 process(es) [deepspeed, cpu]" in cut.stdout
-    done = cli("rewind", *args, *DS, "run_name=ds", "resume=true", env=DS_ENV)
+    # process=True: DeepSpeed opens a process group and keeps global comm state in the process
+    done = cli("rewind", *args, *DS, "run_name=ds", "resume=true", env=DS_ENV, process=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "at step 27/40" in done.stdout + done.stderr
     a, b = train_losses(out / "rewind" / "ref"), train_losses(out / "rewind" / "ds")

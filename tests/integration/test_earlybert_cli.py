@@ -124,7 +124,7 @@ def test_resume_in_either_stage_gives_the_same_result(tmp_path):
     # step 4 is inside the 6-step search; step 8 inside the compact stage (the search ends at 6)
     for name, at in (("in-search", 4), ("in-compact", 8)):
         r = cli("prune", "method=earlybert", *RESUME, f"run_name={name}", f"output_dir={out}",
-                env={"BERT_TICKET_FAULT_AT_STEP": f"{at}:TERM"})
+                env={"BERT_TICKET_FAULT_AT_STEP": f"{at}:TERM"}, process=True)  # the fault hook signals its own pid
         assert r.returncode == 75, (name, r.stderr[-2000:])
         stage = "search" if at == 4 else "compact"
         assert (out / "prune" / name / "stages" / stage / "checkpoints").is_dir()

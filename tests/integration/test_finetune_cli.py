@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import cli, read_jsonl, train_losses
+from tests.conftest import cli, free_port, read_jsonl, train_losses
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,8 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path, fault):
     assert cli("rewind", *args, "run_name=straight").returncode == 0
 
     at = 35 if fault == "KILL" else 27
-    r = cli("rewind", *args, "run_name=cut", env={"BERT_TICKET_FAULT_AT_STEP": f"{at}:{fault}"})
+    # process=True: the fault hook sends SIGKILL/SIGTERM to its own pid
+    r = cli("rewind", *args, "run_name=cut", env={"BERT_TICKET_FAULT_AT_STEP": f"{at}:{fault}"}, process=True)
     if fault == "KILL":
         assert r.returncode == -9  # a crash: only the step-33 checkpoint survives
     else:
@@ -83,7 +84,7 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path, fault):
 def test_resume_refuses_a_changed_config(tmp_path):
     out = tmp_path / "runs"
     args = SHORT + [f"output_dir={out}", "train.save_every=20", "run_name=x"]
-    r = cli("rewind", *args, env={"BERT_TICKET_FAULT_AT_STEP": "25:TERM"})
+    r = cli("rewind", *args, env={"BERT_TICKET_FAULT_AT_STEP": "25:TERM"}, process=True)  # signals its own pid
     assert r.returncode == 75
     r = cli("rewind", *args, "resume=true", "train.lr=0.5")
     assert r.returncode == 2 and "train.lr" in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -96,9 +97,10 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     args = SHORT[:-2] + ["train.epochs=1", "train.log_every=1", f"output_dir={out}", *NO_DROPOUT]
     one = cli("rewind", *args, "run_name=one")
     assert one.returncode == 0, one.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                 "-m", "bert_ticket_cli"]
-    two = cli("rewind", *args, "run_name=two", "engine=cpu", launcher=torchrun, env={"OMP_NUM_THREADS": "1"})
+    two = cli("rewind", *args, "run_name=two", "engine=cpu", launcher=torchrun, env={"OMP_NUM_THREADS": "1"},
+              process=True)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "2 process(es) [multi_cpu, cpu], batch 32 = 16 x 2 x 1" in two.stdout
     a, b = train_losses(out / "rewind" / "one"), train_losses(out / "rewind" / "two")

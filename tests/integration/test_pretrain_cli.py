@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli, read_jsonl, train_losses
+from tests.conftest import REPO, cli, free_port, read_jsonl, train_losses
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,7 @@ def test_steps_clock_trains_saves_and_resumes_identically(prepared, tmp_path):
 
     # a crash after a checkpoint, then resume: the same trajectory and the same weights
     crash = cli("pretrain", *_args(prepared, out, *steps, "run_name=cut", "train.save_every=4"),
-                env={"BERT_TICKET_FAULT_AT_STEP": "7:KILL"})
+                env={"BERT_TICKET_FAULT_AT_STEP": "7:KILL"}, process=True)  # the fault hook SIGKILLs its own pid
     assert crash.returncode != 0
     assert not (out / "pretrain" / "cut" / "summary.json").exists()
     again = cli("pretrain", *_args(prepared, out, *steps, "run_name=cut", "train.save_every=4"))
@@ -115,7 +115,8 @@ def test_steps_clock_trains_saves_and_resumes_identically(prepared, tmp_path):
 def test_wall_clock_budget_deadline_schedule_and_resumed_elapsed(prepared, tmp_path):
     out = tmp_path / "runs"
     wall = ["pretrain.budget=12s", "pretrain.warmup_proportion=0.1", "pretrain.eval_every=4s", "train.save_every=3"]
-    cut = cli("pretrain", *_args(prepared, out, *wall, "run_name=wall"), env={"BERT_TICKET_FAULT_AT_STEP": "6:TERM"})
+    cut = cli("pretrain", *_args(prepared, out, *wall, "run_name=wall"), env={"BERT_TICKET_FAULT_AT_STEP": "6:TERM"},
+              process=True)  # the fault hook signals its own pid
     assert cut.returncode == 75, cut.stderr[-3000:]
     run = out / "pretrain" / "wall"
     before = [e for e in read_jsonl(run / "metrics.jsonl") if e["event"] == "train"]
@@ -221,11 +222,11 @@ def test_deepspeed_two_processes_match_one(prepared, tmp_path):
                  "+model.config.attention_probs_dropout_prob=0")
     one = cli("pretrain", *args, "run_name=one")
     assert one.returncode == 0, one.stderr[-3000:]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                 "-m", "bert_ticket_cli"]
     env = {"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions"), "OMP_NUM_THREADS": "1"}
     two = cli("pretrain", *args, "engine=deepspeed_zero2_bf16", "engine.mixed_precision=no", "run_name=ds",
-              launcher=launcher, env=env)
+              launcher=launcher, env=env, process=True)
     assert two.returncode == 0, two.stderr[-3000:]
     summary = json.loads((out / "pretrain" / "ds" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["distributed_type"] == "deepspeed"

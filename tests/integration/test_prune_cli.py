@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from bert_ticket_cli.methods.magnitude import level_target
 from bert_ticket_cli.sparsity.ticket import Ticket
-from tests.conftest import cli
+from tests.conftest import cli, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,8 @@ def test_random_and_reinit_variants(imp_run, tmp_path):
 def test_crash_in_a_later_level_then_resume_gives_identical_tickets(imp_run, tmp_path):
     _, reference = imp_run
     args = ["prune", "method=imp", *BASE, "prune.levels=3", f"output_dir={tmp_path}", "train.save_every=7"]
-    r = cli(*args, env={"BERT_TICKET_FAULT_AT_STEP": "10:KILL:2"})  # in level 1 (a later training)
+    # in level 1 (a later training); process=True: the fault hook sends SIGKILL to its own pid
+    r = cli(*args, env={"BERT_TICKET_FAULT_AT_STEP": "10:KILL:2"}, process=True)
     assert r.returncode == -9
     r = cli(*args, "resume=true")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -145,10 +146,10 @@ def test_pruned_weights_stay_zero_under_two_processes(imp_run, tmp_path, engine)
     _, run = imp_run
     ticket_dir = run / "tickets" / "level-03"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                "29541" if engine == "cpu" else "29543", "-m", "bert_ticket_cli"]
+                str(free_port()), "-m", "bert_ticket_cli"]
     r = cli("rewind", "experiment=demo", "task.synthetic.n_train=640", "train.epochs=1", f"ticket={ticket_dir}",
             f"engine={engine}", "engine.mixed_precision=bf16", "train.micro_batch_size=8", "train.weight_decay=0.1",
-            f"output_dir={tmp_path}", "run_name=two", launcher=launcher,
+            f"output_dir={tmp_path}", "run_name=two", launcher=launcher, process=True,
             env={"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")})
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((tmp_path / "rewind" / "two" / "summary.json").read_text())
