@@ -21,6 +21,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see c
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# datasets reads this once, at import: in-process CLI runs (which set it only when stdout is not a
+# terminal) would otherwise inherit the bars of whichever test imported datasets first.
+os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
