@@ -35,6 +35,7 @@ from bert_ticket_cli.artifacts.records import print_metrics_table, read_summary,
 from bert_ticket_cli.config.rules import check_pretrain
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.workflows import earlybert
+from bert_ticket_cli.workflows.context import command, composed_default, name_local_model
 from bert_ticket_cli.workflows.stages import Preempted, Run, run_stages, run_workflow
 from bert_ticket_cli.workflows.training import model_state
 
@@ -53,7 +54,18 @@ def prepare_only(cfg: RunConfig) -> int:
     return 0
 
 
+def given_data_settings(cfg: RunConfig) -> list[str]:
+    """The ``pretrain.data`` keys the user set: those that differ from the composed default
+    (see :mod:`.context`); a prepared folder found by ``pretrain.data.dir`` must agree with them."""
+    from dataclasses import fields
+
+    default = composed_default(cfg.verb).pretrain.data
+    return [f.name for f in fields(cfg.pretrain.data)
+            if getattr(cfg.pretrain.data, f.name) != getattr(default, f.name)]
+
+
 def run(cfg: RunConfig) -> int:
+    name_local_model(cfg)
     budget = make_budget(cfg)
     return run_workflow(cfg, lambda r: pretrain(r, budget))
 
@@ -64,7 +76,7 @@ def pretrain(run: Run, budget: Any) -> int:
 
     cfg, session, main = run.cfg, run.session, run.main
     with session.main_process_first():
-        path = prepare(cfg, log=print if main else (lambda *a, **k: None))
+        path = prepare(cfg, log=print if main else (lambda *a, **k: None), given=given_data_settings(cfg))
     data = open_prepared(path)
     session.set_seed(cfg.seed)
     model = build_pretrain_model(cfg, data.tokenizer)  # needs the seed: its weights are drawn
@@ -78,8 +90,8 @@ def pretrain(run: Run, budget: Any) -> int:
         print_metrics_table(f"{record['run_name']}: pre-training ({record['stop_reason']})", record["metrics"], {
             "steps": record["steps"], "elapsed (min)": record["elapsed_s"] / 60, "tokens": record["tokens"],
             "tokens/s": record["tokens_per_s"], "parameters": record["model_params"]})
-        print(f"model: {record['model_dir']}\n  fine-tune: bert-ticket rewind model=local "
-              f"model.name_or_path={record['model_dir']} task=sst2", flush=True)
+        print(f"model: {record['model_dir']}\n  fine-tune: " + command(
+            "rewind", "model=local", f"model.name_or_path={record['model_dir']}", "task=sst2"), flush=True)
     return 0
 
 
@@ -152,8 +164,8 @@ def pretrain_earlybert(run: Run, data: Any, theta0: torch.nn.Module, budget: Any
             "dense_tokens_per_s": records["dense"]["tokens_per_s"] if "dense" in records else None,
         })
         earlybert.print_stages(summary)
-        print(f"compact model: {summary['model_dir']}\n  fine-tune: bert-ticket rewind model=local "
-              f"model.name_or_path={summary['model_dir']} task=sst2", flush=True)
+        print(f"compact model: {summary['model_dir']}\n  fine-tune: " + command(
+            "rewind", "model=local", f"model.name_or_path={summary['model_dir']}", "task=sst2"), flush=True)
     return 0
 
 
