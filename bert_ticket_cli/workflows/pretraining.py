@@ -64,19 +64,43 @@ def given_data_settings(cfg: RunConfig) -> list[str]:
             if getattr(cfg.pretrain.data, f.name) != getattr(default, f.name)]
 
 
+def adopt_prepared_settings(cfg: RunConfig, given: list[str]) -> None:
+    """Training on ``pretrain.data.dir`` alone (no corpus): the data settings the user did not
+    give are the folder's (its ``prepared.json``), so the config and the record say what the
+    data is and the model is checked against the folder's sequence length, not the default's."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from bert_ticket_cli.data.pretraining import read_manifest
+
+    d = cfg.pretrain.data
+    if not d.dir or d.corpus:
+        return
+    stored = read_manifest(Path(str(d.dir)).expanduser())
+    if not stored or not stored.get("complete"):
+        return
+    settings = stored.get("settings") or {}
+    # corpus, validation and the tokenizer are stored as identities (files, digests), not as settings
+    for f in fields(d):
+        if f.name in settings and f.name not in given and f.name not in ("corpus", "validation", "tokenizer"):
+            setattr(d, f.name, settings[f.name])
+
+
 def run(cfg: RunConfig) -> int:
     name_local_model(cfg)
+    given = given_data_settings(cfg)
+    adopt_prepared_settings(cfg, given)
     budget = make_budget(cfg)
-    return run_workflow(cfg, lambda r: pretrain(r, budget))
+    return run_workflow(cfg, lambda r: pretrain(r, budget, given))
 
 
-def pretrain(run: Run, budget: Any) -> int:
+def pretrain(run: Run, budget: Any, given: list[str] = ()) -> int:
     from bert_ticket_cli.data.pretraining import open_prepared, prepare
     from bert_ticket_cli.model.sparse_mlm import build_pretrain_model
 
     cfg, session, main = run.cfg, run.session, run.main
     with session.main_process_first():
-        path = prepare(cfg, log=print if main else (lambda *a, **k: None), given=given_data_settings(cfg))
+        path = prepare(cfg, log=print if main else (lambda *a, **k: None), given=given)
     data = open_prepared(path)
     session.set_seed(cfg.seed)
     model = build_pretrain_model(cfg, data.tokenizer)  # needs the seed: its weights are drawn
