@@ -1,5 +1,7 @@
 """OMP, one-shot magnitude pruning: every ticket (one per ``prune.sparsities``) is pruned by
-magnitude from the fine-tuned dense weights of level 0, and trained from the rewind point."""
+magnitude from the fine-tuned dense weights of level 0, and trained from the rewind point.
+With ``prune.target_sparsity`` only the sparsities up to the target are trained (the target
+included, added if the list lacks it); random pruning shares this choice."""
 
 from __future__ import annotations
 
@@ -9,9 +11,21 @@ from typing import Any
 from bert_ticket_cli.methods.imp import magnitude_masks
 
 
+def chosen_sparsities(sparsities: Any, target: float | None) -> list[float]:
+    """``prune.sparsities`` in order; with ``prune.target_sparsity`` only those up to the target,
+    and the target itself (added when the list does not hold it): the run stops at the target."""
+    chosen = [float(s) for s in sparsities]
+    if target is None:
+        return chosen
+    chosen = [s for s in chosen if s <= target + 1e-12]
+    if not any(abs(s - target) <= 1e-12 for s in chosen):
+        chosen.append(float(target))
+    return sorted(chosen)
+
+
 def sparsity_targets(cfg: Any, total: int) -> list[int]:
-    """Level 0 (dense), then one level per ``prune.sparsities``."""
-    return [0] + [int(round(s * total)) for s in cfg.prune.sparsities]
+    """Level 0 (dense), then one level per chosen sparsity (:func:`chosen_sparsities`)."""
+    return [0] + [int(round(s * total)) for s in chosen_sparsities(cfg.prune.sparsities, cfg.prune.target_sparsity)]
 
 
 class Omp:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from bert_ticket_cli.artifacts.records import now, read_summary, write_summary
 from bert_ticket_cli.config.rules import check_earlybert
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
+from bert_ticket_cli.workflows.context import command, model_args, name_local_model, source_model, task_args
 from bert_ticket_cli.workflows.stages import Run, run_stages, run_workflow
 from bert_ticket_cli.workflows.training import (
     TrainSpec, fit_extra, load_inputs, model_state, save_weights, train_and_evaluate,
@@ -54,6 +56,7 @@ STAGES = ("search", "compact", "dense")
 
 def run(cfg: RunConfig, method: Any) -> int:
     check_earlybert(cfg)
+    name_local_model(cfg)
     return run_workflow(cfg, lambda r: find_ticket(r, method), on_finished=print_stages)
 
 
@@ -121,9 +124,12 @@ def find_ticket(run: Run, method: Any) -> int:
     if main:
         summary = write_run_summary(cfg, rd, records, run.started, dense_params)
         print_stages(summary)
-        print(f"compact model: {summary['model_dir']}\n  evaluate: bert-ticket eval task={cfg.task.name} "
-              f"eval.checkpoint={summary['model_dir']}\n  random structured ticket: bert-ticket rewind "
-              f"task={cfg.task.name} ticket={summary['ticket']} ticket.variant=random", flush=True)
+        out = f"output_dir={cfg.output_dir}"
+        print(f"compact model: {summary['model_dir']}\n  evaluate: " + command(
+            "eval", *task_args(cfg), f"eval.checkpoint={summary['model_dir']}", out)
+            + "\n  random structured ticket: " + command(
+            "rewind", *model_args(cfg), *task_args(cfg), f"ticket={summary['ticket']}", "ticket.variant=random", out),
+            flush=True)
     return 0
 
 
@@ -160,7 +166,9 @@ def save_search_outputs(cfg: RunConfig, rd: RunDir, search: Any, heads: torch.Te
             "search_steps": search.step, "head_fraction": eb.head_fraction, "neuron_fraction": eb.neuron_fraction,
             "head_scope": eb.head_scope, "neuron_scope": eb.neuron_scope, "l1_heads": eb.l1_heads,
             "l1_neurons": eb.l1_neurons, "total_model_params": dense_params, "created": now(),
-            "prune_run": str(rd.root), "level": 1}
+            "prune_run": str(rd.root), "level": 1,
+            # a pre-trained ticket's model takes its vocabulary from the data: not reusable as is
+            **({"source_model": source_model(cfg), "train": asdict(cfg.train)} if cfg.verb == "prune" else {})}
     Ticket({}, heads=heads, neurons=neurons, meta=meta).save(rd.earlybird_ticket)
 
 

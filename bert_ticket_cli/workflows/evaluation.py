@@ -15,6 +15,7 @@ from bert_ticket_cli.artifacts.paths import append_jsonl, run_dir
 from bert_ticket_cli.artifacts.records import OpenedRun, commit_run, now, print_metrics_table, write_summary
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
+from bert_ticket_cli.workflows.context import name_local_model
 
 
 def _default_run_name(cfg: RunConfig, source: str) -> str:
@@ -23,7 +24,28 @@ def _default_run_name(cfg: RunConfig, source: str) -> str:
     return f"{cfg.task.name}-{label or cfg.model.name}"
 
 
+def evaluated_model(cfg: RunConfig, source: str) -> dict[str, str | None]:
+    """The model an evaluation evaluated, for its record: the name the run that saved the
+    checkpoint recorded (its ``summary.json`` next to ``model/``), else the folder's name; and the
+    checkpoint's path as its source."""
+    import json
+
+    p = Path(source).expanduser()
+    name = None
+    if cfg.eval.checkpoint:
+        summary = p.parent / "summary.json"
+        try:
+            name = json.loads(summary.read_text()).get("model") if summary.is_file() else None
+        except (OSError, ValueError):
+            name = None
+        name = name or (p.parent.name if p.name == "model" else p.name)
+    return {"model": name or cfg.model.name, "model_source": str(p.resolve()) if p.exists() else str(source)}
+
+
 def run(cfg: RunConfig) -> int:
+    if cfg.eval.export not in (None, "padded"):
+        raise UserError(f"eval.export must be padded (a plain full-size BERT), got {cfg.eval.export!r}")
+    name_local_model(cfg)
     source = cfg.eval.checkpoint or cfg.model.name_or_path
     if source is None:
         raise UserError("eval needs a trained model: pass eval.checkpoint=runs/rewind/<run>/model (or model.name_or_path=DIR)")
@@ -74,11 +96,22 @@ def run(cfg: RunConfig) -> int:
         if main:
             append_jsonl(rd.metrics, {"event": "eval", "checkpoint": str(source), **metrics})
             key = data.main_metric_key()
+            exported = None
+            if cfg.eval.export == "padded":
+                from bert_ticket_cli.model.export import export_padded
+
+                exported = str(export_padded(source, rd.root / "export", overwrite=True))
             write_summary(rd, cfg, metrics=metrics, main_metric=key, started=started,
-                          extra={"checkpoint": str(source), "predictions": written})
+                          extra={"checkpoint": str(source), "predictions": written, "export": exported,
+                                 **evaluated_model(cfg, str(source))})
             print_metrics_table(f"{info.name} ({rd.root.name})", metrics)
             for w in written:
                 print(f"test predictions: {w}")
+            if exported:
+                auto = {"qa": "AutoModelForQuestionAnswering", "mlm": "AutoModelForMaskedLM"}.get(
+                    info.kind, "AutoModelForSequenceClassification")
+                print(f"exported as a plain full-size BERT: {exported}\n  load it with plain transformers: "
+                      f"from transformers import {auto}; model = {auto}.from_pretrained({exported!r})", flush=True)
         return 0
     finally:
         session.shutdown()

@@ -25,6 +25,7 @@ from bert_ticket_cli.artifacts.paths import TICKETS_DIR
 from bert_ticket_cli.artifacts.records import print_metrics_table, write_summary
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
+from bert_ticket_cli.workflows.context import command, name_local_model, task_args, use_source_model
 from bert_ticket_cli.workflows.stages import Run, run_workflow
 from bert_ticket_cli.workflows.training import TrainSpec, fit_extra, load_weights_file, train_and_evaluate
 
@@ -41,9 +42,13 @@ def train_ticket(cfg: RunConfig, *, from_pretrained: bool = False) -> int:
     """Train ``cfg.ticket`` (or the dense model) on ``cfg.task``; ``from_pretrained`` starts from
     the pre-trained weights instead of the ticket's rewind point (what ``transfer`` does)."""
     ticket, facts = None, {}
+    name_local_model(cfg)
     if cfg.ticket.path is not None:
         ticket, method, facts = load_ticket_run(cfg)
         cfg.method = method
+        # The ticket's source model unless the user chose a model (see workflows/context.py).
+        if use_source_model(cfg, ticket.meta.get("source_model")):
+            facts["model_from_ticket"] = True
         if cfg.run_name is None:
             cfg.run_name = f"{cfg.task.name}-{cfg.model.name}-{cfg.ticket.variant}-{ticket_label(cfg.ticket.path)}-s{cfg.seed}"
     elif cfg.method != "dense":
@@ -94,8 +99,8 @@ def _train(run: Run, ticket: Any, facts: dict[str, Any], from_pretrained: bool) 
         print_metrics_table(f"{data.info.name} dev, {cfg.model.name}, seed {cfg.seed}", trained.metrics, {
             "steps": r.state.step, "train time (s)": r.train_time_s, "samples/s": r.samples_per_s,
         })
-        print(f"model saved to {run.dir.model}; evaluate again with: bert-ticket eval task={cfg.task.name} "
-              f"eval.checkpoint={run.dir.model}", flush=True)
+        print(f"model saved to {run.dir.model}; evaluate again with: " + command(
+            "eval", *task_args(cfg), f"eval.checkpoint={run.dir.model}", f"output_dir={cfg.output_dir}"), flush=True)
     return 0
 
 

@@ -17,6 +17,8 @@ a finished level is skipped, an interrupted one resumes with ``resume=true``); t
 
 from __future__ import annotations
 
+import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from bert_ticket_cli.artifacts.records import now, read_summary, write_summary
 from bert_ticket_cli.config.rules import check_prune
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
+from bert_ticket_cli.workflows.context import command, model_args, name_local_model, source_model, task_args
 from bert_ticket_cli.workflows.stages import Run, run_stages, run_workflow
 from bert_ticket_cli.workflows.training import (
     TrainSpec, fit_extra, load_inputs, load_weights_file, model_state, parse_rewind_point, save_weights,
@@ -36,6 +39,7 @@ from bert_ticket_cli.workflows.training import (
 
 def run(cfg: RunConfig, method: Any) -> int:
     check_prune(cfg)
+    name_local_model(cfg)
     return run_workflow(cfg, lambda r: find_tickets(r, method), on_finished=print_trajectory)
 
 
@@ -68,12 +72,15 @@ def find_tickets(run: Run, method: Any) -> int:
     meta = {"method": cfg.method, "model": cfg.model.name_or_path or cfg.model.name, "model_id": model_id(theta0),
             "source_task": cfg.task.name, "seed": cfg.seed, "rewind_point": cfg.prune.rewind,
             "rewind_steps": rewind_at, "rewind_weights": REWIND_FROM_TICKET,
-            "scope": cfg.prune.scope, "total_model_params": n_model, "include_pooler": cfg.prune.include_pooler}
+            "scope": cfg.prune.scope, "total_model_params": n_model, "include_pooler": cfg.prune.include_pooler,
+            "source_model": source_model(cfg), "prune": prune_settings(cfg), "train": asdict(cfg.train)}
     prev_head: dict[str, torch.Tensor] | None = None
 
     def train_level(level: int, lrd, resume: Path | None) -> dict[str, Any] | None:
         nonlocal prev_head
-        masks = Ticket.load(rd.ticket(level)).masks if level > 0 else None
+        started = now()  # this level's own start (the run's is run.started)
+        ticket = Ticket.load(rd.ticket(level)) if level > 0 else None
+        masks = ticket.masks if ticket is not None else None
         hooks = []
         init = None if level == 0 else load_weights_file(rd.rewind_weights)
         if level == 0 and rewind_at > 0:
@@ -83,6 +90,11 @@ def find_tickets(run: Run, method: Any) -> int:
         if main:
             print(f"level {level}/{len(targets) - 1}: sparsity {targets[level] / total:.4f} over {total:,} prunable "
                   f"weights ({'dense' if level == 0 else cfg.method})", flush=True)
+            if ticket is not None:
+                for line in sparsity_lines(ticket.per_matrix_sparsity()):
+                    print(f"  {line}", flush=True)
+                for line in nearly_whole_warnings(ticket.per_matrix_sparsity()):
+                    print(line, flush=True)
         trained = train_and_evaluate(cfg, session, data, tokenizer, lrd, TrainSpec(
             init_state=init, masks=masks, resume_from=resume, hooks=hooks))
         model = session.unwrap_model(trained.result.model)
@@ -103,7 +115,7 @@ def find_tickets(run: Run, method: Any) -> int:
                 Ticket(masks=new, meta={**meta, "level": k, "created": now(), "prune_run": str(rd.root)}).save(
                     rd.ticket(k))
             record = write_summary(lrd, cfg, metrics=trained.metrics, main_metric=trained.main_key,
-                                   started=run.started, extra={
+                                   started=started, extra={
                 **fit_extra(cfg, session, trained),
                 "run_name": f"{rd.root.name}/level-{level:02d}",
                 "level": level,
@@ -112,6 +124,8 @@ def find_tickets(run: Run, method: Any) -> int:
                 "prunable_weights": total,
                 "ticket": str(rd.ticket(level)) if level > 0 else None,
                 "role": "level",
+                # level 0 is the dense baseline of the run, recorded as such (report method=dense)
+                **({"method": "dense", "prune_method": cfg.method} if level == 0 else {}),
             })
         session.wait_for_everyone()
         return record
@@ -129,7 +143,53 @@ def find_tickets(run: Run, method: Any) -> int:
                       extra={"role": "trajectory", "trajectory": rows, "sparsity": last["sparsity"],
                              "levels": len(trajectory) - 1, "prunable_weights": total})
         print_trajectory(read_summary(rd))
+        last_ticket = next((r.get("ticket") for r in reversed(trajectory) if r.get("ticket")), None)
+        if last_ticket:
+            print("train a ticket again (e.g. another seed): " + command(
+                "rewind", f"ticket={last_ticket}", *model_args(cfg), *task_args(cfg), f"output_dir={cfg.output_dir}"),
+                flush=True)
     return 0
+
+
+def prune_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The prune settings a ticket records (with ``train.*``: how the run that found it trained)."""
+    p = cfg.prune
+    return {"rate": p.rate, "schedule": p.schedule, "scope": p.scope, "patterns": list(p.patterns or []),
+            "include_pooler": p.include_pooler, "reset_head": p.reset_head, "rewind": p.rewind,
+            "target_sparsity": p.target_sparsity}
+
+
+#: A matrix losing at least this fraction of its weights is reported (it is all but removed).
+NEARLY_WHOLE = 0.99
+_LAYER = re.compile(r"^(?:.*\.)?layer\.(\d+)\.(.+?)(?:\.weight)?$")
+
+
+def sparsity_lines(per_matrix: dict[str, float]) -> list[str]:
+    """One line per matrix group (query, key, ..., pooler): the fraction removed in each layer,
+    e.g. ``attention.self.query  L0 0.5120  L1 0.4980``."""
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for name, value in per_matrix.items():
+        m = _LAYER.match(name)
+        group, layer = (m.group(2), int(m.group(1))) if m else (name.removesuffix(".weight"), -1)
+        groups.setdefault(group, []).append((layer, value))
+    width = max((len(g) for g in groups), default=0)
+    lines = []
+    for group, values in groups.items():
+        cells = "  ".join(f"L{layer} {v:.4f}" if layer >= 0 else f"{v:.4f}" for layer, v in sorted(values))
+        lines.append(f"{group:<{width}}  {cells}")
+    return lines
+
+
+def nearly_whole_warnings(per_matrix: dict[str, float], threshold: float = NEARLY_WHOLE) -> list[str]:
+    """A warning per matrix that loses ``threshold`` or more of its weights, with what to do."""
+    out = []
+    for name, value in per_matrix.items():
+        if value >= threshold:
+            fix = ("prune.include_pooler=false (an untrained pooler has small weights), or choose the matrices "
+                   "with prune.patterns" if name.startswith("pooler.")
+                   else "prune.patterns to leave it out, or prune.scope=layer (the same fraction of every matrix)")
+            out.append(f"warning: the ticket removes {value:.2%} of {name} (almost all of it): consider {fix}")
+    return out
 
 
 class CaptureRewind:

@@ -35,6 +35,7 @@ from bert_ticket_cli.artifacts.records import print_metrics_table, read_summary,
 from bert_ticket_cli.config.rules import check_pretrain
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.workflows import earlybert
+from bert_ticket_cli.workflows.context import command, composed_default, name_local_model
 from bert_ticket_cli.workflows.stages import Preempted, Run, run_stages, run_workflow
 from bert_ticket_cli.workflows.training import model_state
 
@@ -53,18 +54,53 @@ def prepare_only(cfg: RunConfig) -> int:
     return 0
 
 
+def given_data_settings(cfg: RunConfig) -> list[str]:
+    """The ``pretrain.data`` keys the user set: those that differ from the composed default
+    (see :mod:`.context`); a prepared folder found by ``pretrain.data.dir`` must agree with them."""
+    from dataclasses import fields
+
+    default = composed_default(cfg.verb).pretrain.data
+    return [f.name for f in fields(cfg.pretrain.data)
+            if getattr(cfg.pretrain.data, f.name) != getattr(default, f.name)]
+
+
+def adopt_prepared_settings(cfg: RunConfig, given: list[str]) -> None:
+    """Training on ``pretrain.data.dir`` alone (no corpus): the data settings the user did not
+    give are the folder's (its ``prepared.json``), so the config and the record say what the
+    data is and the model is checked against the folder's sequence length, not the default's."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from bert_ticket_cli.data.pretraining import read_manifest
+
+    d = cfg.pretrain.data
+    if not d.dir or d.corpus:
+        return
+    stored = read_manifest(Path(str(d.dir)).expanduser())
+    if not stored or not stored.get("complete"):
+        return
+    settings = stored.get("settings") or {}
+    # corpus, validation and the tokenizer are stored as identities (files, digests), not as settings
+    for f in fields(d):
+        if f.name in settings and f.name not in given and f.name not in ("corpus", "validation", "tokenizer"):
+            setattr(d, f.name, settings[f.name])
+
+
 def run(cfg: RunConfig) -> int:
+    name_local_model(cfg)
+    given = given_data_settings(cfg)
+    adopt_prepared_settings(cfg, given)
     budget = make_budget(cfg)
-    return run_workflow(cfg, lambda r: pretrain(r, budget))
+    return run_workflow(cfg, lambda r: pretrain(r, budget, given))
 
 
-def pretrain(run: Run, budget: Any) -> int:
+def pretrain(run: Run, budget: Any, given: list[str] = ()) -> int:
     from bert_ticket_cli.data.pretraining import open_prepared, prepare
     from bert_ticket_cli.model.sparse_mlm import build_pretrain_model
 
     cfg, session, main = run.cfg, run.session, run.main
     with session.main_process_first():
-        path = prepare(cfg, log=print if main else (lambda *a, **k: None))
+        path = prepare(cfg, log=print if main else (lambda *a, **k: None), given=given)
     data = open_prepared(path)
     session.set_seed(cfg.seed)
     model = build_pretrain_model(cfg, data.tokenizer)  # needs the seed: its weights are drawn
@@ -78,8 +114,8 @@ def pretrain(run: Run, budget: Any) -> int:
         print_metrics_table(f"{record['run_name']}: pre-training ({record['stop_reason']})", record["metrics"], {
             "steps": record["steps"], "elapsed (min)": record["elapsed_s"] / 60, "tokens": record["tokens"],
             "tokens/s": record["tokens_per_s"], "parameters": record["model_params"]})
-        print(f"model: {record['model_dir']}\n  fine-tune: bert-ticket rewind model=local "
-              f"model.name_or_path={record['model_dir']} task=sst2", flush=True)
+        print(f"model: {record['model_dir']}\n  fine-tune: " + command(
+            "rewind", "model=local", f"model.name_or_path={record['model_dir']}", "task=sst2"), flush=True)
     return 0
 
 
@@ -152,8 +188,8 @@ def pretrain_earlybert(run: Run, data: Any, theta0: torch.nn.Module, budget: Any
             "dense_tokens_per_s": records["dense"]["tokens_per_s"] if "dense" in records else None,
         })
         earlybert.print_stages(summary)
-        print(f"compact model: {summary['model_dir']}\n  fine-tune: bert-ticket rewind model=local "
-              f"model.name_or_path={summary['model_dir']} task=sst2", flush=True)
+        print(f"compact model: {summary['model_dir']}\n  fine-tune: " + command(
+            "rewind", "model=local", f"model.name_or_path={summary['model_dir']}", "task=sst2"), flush=True)
     return 0
 
 

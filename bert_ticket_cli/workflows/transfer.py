@@ -19,6 +19,7 @@ from pathlib import Path
 from bert_ticket_cli.artifacts.paths import TICKET_JSON, atomic_write_json, run_dir
 from bert_ticket_cli.config.schema import RunConfig, TaskConfig
 from bert_ticket_cli.errors import EXIT_PREEMPTED, UserError
+from bert_ticket_cli.workflows.context import model_is_default, name_local_model
 from bert_ticket_cli.workflows.finetune import ticket_label, train_ticket
 
 
@@ -32,7 +33,14 @@ def run(cfg: RunConfig) -> int:
         if not (Path(t) / TICKET_JSON).exists():
             raise UserError(f"ticket folder {t} has no ticket.json: pass a tickets/level-NN folder of a prune run")
     many = len(tickets) * len(tasks) > 1
-    name = cfg.run_name or (f"matrix-{cfg.model.name}-s{cfg.seed}" if many else f"{ticket_label(tickets[0])}--{tasks[0]}")
+    name_local_model(cfg)
+    model_name = cfg.model.name
+    if model_is_default(cfg):  # each pair trains on its ticket's source model (finetune.train_ticket)
+        recorded = json.loads((Path(tickets[0]) / TICKET_JSON).read_text()).get("meta", {}).get("source_model")
+        model_name = (recorded or {}).get("name") or model_name
+        if (recorded or {}).get("name") == "local" and recorded.get("name_or_path"):
+            model_name = Path(str(recorded["name_or_path"])).name
+    name = cfg.run_name or (f"matrix-{model_name}-s{cfg.seed}" if many else f"{ticket_label(tickets[0])}--{tasks[0]}")
     matrix: dict[str, dict[str, float | None]] = {}
     for tpath in tickets:
         label = ticket_label(tpath)

@@ -92,7 +92,7 @@ def test_local_model_and_mnli_folder_then_eval_with_leaderboard_files(tmp_path):
     r = cli("rewind", "model=local", f"model.name_or_path={model}", "task=mnli", f"task.data_dir={data}",
             "train.batch_size=16", "train.epochs=2", "train.lr=1e-3", f"output_dir={out}", f"cache_dir={tmp_path}/cache")
     assert r.returncode == 0, r.stderr[-2000:]
-    run = out / "rewind" / "mnli-local-s42"
+    run = out / "rewind" / "mnli-tiny-bert-s42"
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["metrics"]) == {"validation_matched/accuracy", "validation_mismatched/accuracy"}
     assert summary["main_metric"] == "validation_matched/accuracy"
@@ -108,9 +108,9 @@ def test_local_model_and_mnli_folder_then_eval_with_leaderboard_files(tmp_path):
     r = cli("eval", "task=mnli", f"task.data_dir={data}", f"eval.checkpoint={run / 'model'}", "eval.predict_test=true",
             f"output_dir={out}", f"cache_dir={tmp_path}/cache")
     assert r.returncode == 0, r.stderr[-2000:]
-    ev = json.loads((out / "eval" / "mnli-mnli-local-s42" / "summary.json").read_text())
+    ev = json.loads((out / "eval" / "mnli-mnli-tiny-bert-s42" / "summary.json").read_text())
     assert ev["metrics"] == pytest.approx(summary["metrics"])
-    pred = out / "eval" / "mnli-mnli-local-s42" / "predictions"
+    pred = out / "eval" / "mnli-mnli-tiny-bert-s42" / "predictions"
     m = (pred / "MNLI-m.tsv").read_text().splitlines()
     mm = (pred / "MNLI-mm.tsv").read_text().splitlines()
     assert m[0] == "index\tprediction" and len(m) == 11 and len(mm) == 13
@@ -123,6 +123,6 @@ def test_squad_end_to_end(tmp_path):
             "task.max_seq_length=64", "task.doc_stride=32", "train.batch_size=8", "train.epochs=1",
             "train.lr=1e-3", f"output_dir={out}", f"cache_dir={tmp_path}/cache")
     assert r.returncode == 0, r.stderr[-2000:]
-    summary = json.loads((out / "rewind" / "squad-local-s42" / "summary.json").read_text())
+    summary = json.loads((out / "rewind" / "squad-tiny-bert-s42" / "summary.json").read_text())
     assert set(summary["metrics"]) == {"exact_match", "f1"} and summary["main_metric"] == "f1"
     assert 0.0 <= summary["metrics"]["exact_match"] <= summary["metrics"]["f1"] <= 100.0

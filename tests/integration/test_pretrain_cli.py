@@ -234,3 +234,21 @@ def test_deepspeed_two_processes_match_one(prepared, tmp_path):
     assert sorted(a) == sorted(b) == list(range(1, 7))
     assert max(abs(a[s] - b[s]) for s in a) < 1e-3, (a, b)
     assert summary["tokens"] == json.loads((out / "pretrain" / "one" / "summary.json").read_text())["tokens"]
+
+
+def test_training_refuses_a_data_folder_prepared_with_other_settings(prepared, tmp_path):
+    """``pretrain pretrain.data.dir=D`` (no corpus: the folder is found, not fingerprinted) with a
+    data setting the folder was not prepared with: exit 2, one line naming the setting, nothing
+    written; the settings it was prepared with (or none at all) train."""
+    out = tmp_path / "runs"
+    found = [f"pretrain.data.dir={prepared['data']}", *MODEL, f"output_dir={out}", "train.batch_size=16",
+             "train.micro_batch_size=8", "pretrain.eval_every=0", "pretrain.save_every=0", "eval.batch_size=32",
+             "pretrain.clock=steps", "train.max_steps=2", "train.eval_every=2"]
+    r = cli("pretrain", *found, "pretrain.data.vocab_size=130", "run_name=other")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert len(r.stderr.strip().splitlines()) == 1 and "pretrain.data.vocab_size: 120 there, 130 now" in r.stderr
+    assert not (out / "pretrain" / "other").exists()
+    r = cli("pretrain", *found, "pretrain.data.seq_length=64", "run_name=other")
+    assert r.returncode == 2 and "pretrain.data.seq_length" in r.stderr
+    r = cli("pretrain", *found, "pretrain.data.vocab_size=120", "run_name=same")
+    assert r.returncode == 0, r.stderr[-3000:]

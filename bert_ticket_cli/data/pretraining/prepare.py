@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,16 +92,20 @@ class _Ticker:
             self._bar = None
 
 
-def prepare(cfg: Any, *, log: Callable[[str], Any] = print, num_proc: int = 1) -> Path:
+def prepare(cfg: Any, *, log: Callable[[str], Any] = print, num_proc: int = 1,
+            given: Iterable[str] | None = None) -> Path:
     """Build (or find) the prepared data of ``cfg.pretrain.data`` and return its folder.
 
-    ``num_proc`` processes mask the copies (1: in this process)."""
+    ``num_proc`` processes mask the copies (1: in this process).  ``given``: the
+    ``pretrain.data`` keys the user set; a folder found through ``pretrain.data.dir`` alone (no
+    corpus, so no fingerprint) must agree with them, or it is refused like ``prepare`` refuses."""
     d = cfg.pretrain.data
     check_settings(d)
     if d.dir and not d.corpus:  # training on a folder prepared earlier: constant start-up, no hashing
         found = Path(str(d.dir)).expanduser()
         old = read_manifest(found)
         if old is not None and old.get("complete"):
+            check_given_settings(found, cfg, old.get("settings") or {}, given or ())
             log(f"prepared data found at {found}")
             return found
     if not d.corpus:
@@ -141,6 +145,19 @@ def prepare(cfg: Any, *, log: Callable[[str], Any] = print, num_proc: int = 1) -
         with datasets_bars():
             _build(cfg, folder, corpus, validation, Manifest(folder, fingerprint, settings, old), log, num_proc)
     return folder
+
+
+def check_given_settings(folder: Path, cfg: Any, stored: Mapping[str, Any], given: Iterable[str]) -> None:
+    """The settings the user gave (``given``: ``pretrain.data`` keys) must be the folder's."""
+    keys = [k for k in settings_of(cfg, [], []) if k in set(given) and k not in ("corpus", "validation")]
+    if not keys:
+        return
+    now = settings_of(cfg, [], [])
+    wanted = {k: now[k] for k in keys}
+    if any(stored.get(k) != v for k, v in wanted.items()):
+        raise UserError(f"{folder} was prepared with other settings "
+                        f"({first_difference(stored, wanted)}): pass the settings it was prepared with, "
+                        f"or choose another pretrain.data.dir")
 
 
 def _build(cfg: Any, folder: Path, corpus: list[Source], validation: list[Source], manifest: Manifest,
