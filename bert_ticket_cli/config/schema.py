@@ -124,6 +124,10 @@ class EvalConfig:
     predict_test: bool = False
     #: Evaluation batch size per process.
     batch_size: int = 64
+    #: padded: also write the evaluated model as a plain full-size BERT (removed heads and
+    #: neurons of a compacted model as exact zeros) under <run>/export/, loadable by plain
+    #: transformers; None = no export.
+    export: Optional[str] = None
     #: padded: also write the evaluated model as a plain full-size BERT (removed heads / neurons as zeros) to <run>/export/.
     export: Optional[str] = None  # padded
 
