@@ -23,7 +23,7 @@ from typing import Any
 
 from bert_ticket_cli.artifacts.paths import TICKETS_DIR
 from bert_ticket_cli.artifacts.records import print_metrics_table, write_summary
-from bert_ticket_cli.config.schema import RunConfig
+from bert_ticket_cli.config.schema import MethodConfig, RunConfig
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.workflows.stages import Run, run_workflow
 from bert_ticket_cli.workflows.training import TrainSpec, fit_extra, load_weights_file, train_and_evaluate
@@ -43,11 +43,11 @@ def train_ticket(cfg: RunConfig, *, from_pretrained: bool = False) -> int:
     ticket, facts = None, {}
     if cfg.ticket.path is not None:
         ticket, method, facts = load_ticket_run(cfg)
-        cfg.method = method
+        cfg.method = MethodConfig(name=method)  # the record's label (random_pruning, imp, ...)
         if cfg.run_name is None:
             cfg.run_name = f"{cfg.task.name}-{cfg.model.name}-{cfg.ticket.variant}-{ticket_label(cfg.ticket.path)}-s{cfg.seed}"
-    elif cfg.method != "dense":
-        raise UserError(f"rewind trains a ticket (ticket=PATH) or the dense model; method={cfg.method} is for "
+    elif cfg.method.name != "dense":
+        raise UserError(f"rewind trains a ticket (ticket=PATH) or the dense model; method={cfg.method.name} is for "
                         f"'bert-ticket prune'")
     return run_workflow(cfg, lambda r: _train(r, ticket, facts, from_pretrained), on_finished=lambda s: (
         print_metrics_table(f"{s['run_name']} (finished {s['finished']})", s["metrics"])))
