@@ -17,6 +17,9 @@ from bert_ticket_cli.errors import UserError
 #: What ``pretrain method=`` accepts.
 PRETRAIN_METHODS = ("dense", "earlybert")
 
+#: What ``report view=`` accepts.
+REPORT_VIEWS = ("runs", "tickets", "earlybert", "pretrain")
+
 #: A run name is one path component of these characters (not starting with . or -).
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9_+=][A-Za-z0-9._+=-]*")
 RUN_NAME_MAX = 200
@@ -212,7 +215,7 @@ def _report(cfg: Any) -> list[str]:
     errs: list[str] = []
     if cfg.format not in ("table", "csv", "json"):
         errs.append(f"'format' must be table, csv or json, got {cfg.format!r}")
-    if cfg.view not in ("runs", "tickets", "earlybert", "pretrain"):
+    if cfg.view not in REPORT_VIEWS:
         errs.append(f"'view' must be runs, tickets, earlybert or pretrain, got {cfg.view!r}")
     if cfg.metric is not None and (not str(cfg.metric).strip() or cfg.view != "tickets"):
         errs.append(f"'metric' picks the metric of view=tickets (e.g. metric=f1), got {cfg.metric!r} "

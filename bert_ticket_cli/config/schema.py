@@ -78,8 +78,11 @@ class TrainConfig:
     #: Examples per forward pass on one process; None = batch_size / processes.  The
     #: difference is made up by gradient accumulation.
     micro_batch_size: Optional[int] = None
+    #: Peak learning rate (AdamW).
     lr: float = 2e-5
+    #: AdamW weight decay (not on biases and LayerNorm weights).
     weight_decay: float = 0.01
+    #: AdamW betas and epsilon.
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
@@ -345,6 +348,7 @@ class RunConfig:
 
     #: Set by the CLI: which verb composed this config.
     verb: str = "rewind"
+    #: Seed of the weights drawn, the data order and dropout.
     seed: int = 42
     #: Root folder of all runs.
     output_dir: str = "runs"
