@@ -145,7 +145,9 @@ def run_verb(verb: str, overrides: list[str], show_cfg: bool, debug: bool) -> in
             overrides = overrides[1:]
         filters: list[str] = []
         if verb == "report":  # report: key=value on anything but its own settings is a filter
-            own = ("output_dir", "where", "columns", "sort", "format", "view", "plot", "plot_dir", "metric")
+            from bert_ticket_cli.config.schema import ReportConfig
+
+            own = {f.name for f in dataclasses.fields(ReportConfig)} - {"verb"}
             filters = [o for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") not in own]
             overrides = [o for o in overrides if o not in filters]
         cfg = validate(compose(verb, overrides), verb)

@@ -8,8 +8,10 @@ dataclass instance so the rest of the code is typed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import os
 import sys
 import typing
 from pathlib import Path
@@ -168,7 +170,8 @@ def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
 
 
 def _deprecated_earlybert_keys(cfg: DictConfig) -> None:
-    """``prune.earlybert.X`` (this release's old spelling) -> ``method.X``, with one line on stderr.
+    """``prune.earlybert.X`` (the previous release's spelling) -> ``method.X``, with one line on
+    stderr (from the first process only, under a launcher).
 
     Kept for one release: on the command line and in experiment YAML alike, since both are
     merged into the composed config before this runs."""
@@ -182,7 +185,7 @@ def _deprecated_earlybert_keys(cfg: DictConfig) -> None:
         for key in old.keys():
             cfg.method[key] = old._get_node(key)
         notes = [f"prune.earlybert.{k} is deprecated: use method.{k}" for k in old.keys()]
-        if notes:
+        if notes and os.environ.get("RANK", "0") == "0":
             print("; ".join(notes), file=sys.stderr, flush=True)
     del prune["earlybert"]
     if not len(prune):
@@ -218,7 +221,7 @@ def validate(cfg: DictConfig, verb: str | None = None) -> Any:
     :mod:`bert_ticket_cli.config.rules`) is reported at once."""
     verb = verb or str(cfg.get("verb"))
     schema = SCHEMAS[verb]
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as composed
     OmegaConf.set_struct(cfg, False)
     errors: list[str] = []
     has_method = "method" in {f.name for f in dataclasses.fields(schema)}

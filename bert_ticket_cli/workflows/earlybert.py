@@ -128,7 +128,7 @@ def find_ticket(run: Run, method: Any) -> int:
 # ------------------------------------------------- shared with pretrain method=earlybert
 
 def stage_dirs(run: Run) -> list[tuple[str, RunDir]]:
-    """The stages to run (the dense one with ``prune.earlybert.dense_baseline``) and their folders."""
+    """The stages to run (the dense one with ``method.dense_baseline``) and their folders."""
     return [(s, run.dir.stage(s)) for s in STAGES if s != "dense" or run.cfg.method.dense_baseline]
 
 
