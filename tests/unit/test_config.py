@@ -189,6 +189,8 @@ def test_yaml_files_keep_only_what_differs_from_the_schema():
     for group, default in group_schemas.items():
         for f in sorted((CONF_DIR / group).glob("*.yaml")):
             walk(yaml.safe_load(f.read_text()), OmegaConf.to_container(OmegaConf.structured(default)), f"{f.name}: ")
+    for f in sorted((CONF_DIR / "experiment").glob("*.yaml")):  # @package _global_: the root's keys
+        walk(yaml.safe_load(f.read_text()), OmegaConf.to_container(OmegaConf.structured(ROOTS["rewind"])), f"{f.name}: ")
     for f in sorted((CONF_DIR / "method").glob("*.yaml")):
         assert yaml.safe_load(f.read_text())["name"] in METHOD_SCHEMAS
         walk(yaml.safe_load(f.read_text()), OmegaConf.to_container(OmegaConf.structured(METHOD_SCHEMAS[f.stem])), "")
