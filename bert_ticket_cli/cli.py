@@ -7,6 +7,7 @@ transformers) happen inside the commands so that ``--help`` and config errors ar
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Optional
@@ -17,12 +18,13 @@ from bert_ticket_cli import __version__
 from bert_ticket_cli.errors import EXIT_USAGE, UserError
 
 VERBS = {
-    "prune": "Find tickets: method=imp|omp|random|earlybert (super_tickets in a later release).",
+    "prune": "Find tickets: method=imp|omp|random|earlybert.",
     "rewind": "Train a ticket from its rewind point, or with no ticket fine-tune the dense model (the full-model baseline), then evaluate.",
     "transfer": "Train a ticket found on task A on task B; with transfer.tickets/transfer.tasks, the whole matrix.",
     "pretrain": "MLM pre-training on a wall-clock budget (academic-budget recipe), method=earlybert for "
                 "EarlyBERT pre-training; 'pretrain prepare ...' only prepares the data.",
     "eval": "Evaluate a saved model on a task's dev splits; eval.predict_test=true writes GLUE leaderboard TSVs.",
+    "report": "Index every run's summary.json under runs/ and print a table (or csv / json, and figures).",
 }
 
 EXAMPLES = {
@@ -36,28 +38,77 @@ EXAMPLES = {
 
 app = typer.Typer(
     name="bert-ticket",
-    help="Experiment runner for BERT lottery tickets (IMP, EarlyBERT, super tickets) and "
+    help="Experiment runner for BERT lottery tickets (IMP, OMP, random pruning, EarlyBERT) and "
     "budget pre-training. Every verb takes Hydra overrides: key=value, +key=value, ~key.",
     no_args_is_help=True,
-    add_completion=False,
+    # Shell completion: bert-ticket --install-completion (or --show-completion SHELL).
+    add_completion=True,
+    # Plain click help: rich markup would eat the [..] of the examples and rewrap the settings.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
-def _groups_epilog(verb: str) -> str:
+def _methods_line(verb: str) -> str | None:
+    """What ``method=`` accepts for ``verb`` (None: the verb takes no method choice)."""
+    if verb == "prune":
+        from bert_ticket_cli.methods.registry import LATER, names
+
+        later = ", ".join(f"{name}: not yet available" for name in LATER)
+        return f"Methods: method={'|'.join(names())}" + (f" ({later})" if later else "")
+    if verb == "pretrain":
+        from bert_ticket_cli.config.rules import PRETRAIN_METHODS
+
+        return f"Methods: method={'|'.join(PRETRAIN_METHODS)}"
+    return None
+
+
+def _settings_lines(verb: str) -> list[str]:
+    """The verb's settings, one line per key (key=default and its doc), grouped by section."""
+    from bert_ticket_cli.config import docs
+    from bert_ticket_cli.config.schema import SCHEMAS, EarlyBertMethodConfig
+
+    groups = docs.sections(SCHEMAS[verb], top="report" if verb == "report" else "run")
+    if verb in ("prune", "pretrain"):  # the settings of method=earlybert (the others have none yet)
+        groups = [(name, items + list(docs.settings(EarlyBertMethodConfig, "method."))[1:] if name == "method"
+                   else items) for name, items in groups]
+    lines = ["Settings (key=schema default  what it is; --cfg prints this verb's composed values):"]
+    for section, items in groups:
+        lines.append(f"  {section}:" + ("  (method=earlybert's settings below the name)"
+                                        if section == "method" and verb in ("prune", "pretrain") else ""))
+        for key, default, doc in items:
+            if key == "verb":
+                continue
+            lines.append(f"    {key}={default}  {doc}".rstrip())
+    return lines
+
+
+def _epilog(verb: str) -> str:
     from bert_ticket_cli.config.compose import config_groups
+    from bert_ticket_cli.config.schema import SCHEMAS
 
     lines = [f"Example: {EXAMPLES[verb]}", ""]
-    if verb != "report":
+    methods = _methods_line(verb)
+    if methods:
+        lines += [methods, ""]
+    if verb == "report":
+        from bert_ticket_cli.config.rules import REPORT_VIEWS
+
+        lines += [f"Views: view={'|'.join(REPORT_VIEWS)}", "Filters: any other key=value on a summary field "
+                  "(task=mrpc method=imp).", ""]
+    else:
+        own = {f.name for f in dataclasses.fields(SCHEMAS[verb])} | {"experiment"}
         lines.append("Config groups (choose with group=option):")
         for group, options in config_groups().items():
-            lines.append(f"  {group}: {', '.join(options)}")
+            if group in own:
+                lines.append(f"  {group}: {', '.join(options)}")
         lines.append("")
-    lines.append("Print the composed config with --cfg; every field is documented in "
-                 "bert_ticket_cli/config/schema.py and the README.")
-    # Typer/click rewrap epilogs; \b keeps our line breaks.
-    return "\b\n" + "\n".join(lines)
+    lines += _settings_lines(verb)
+    lines += ["", "Every field is documented in bert_ticket_cli/config/schema.py and the README."]
+    # click rewraps epilogs; a \b line keeps the line breaks of the paragraph it opens.
+    paragraphs = "\n".join(lines).split("\n\n")
+    return "\n\n".join("\b\n" + p for p in paragraphs)
 
 
 def _quiet_libraries() -> None:
@@ -94,7 +145,9 @@ def run_verb(verb: str, overrides: list[str], show_cfg: bool, debug: bool) -> in
             overrides = overrides[1:]
         filters: list[str] = []
         if verb == "report":  # report: key=value on anything but its own settings is a filter
-            own = ("output_dir", "where", "columns", "sort", "format", "view", "plot", "plot_dir", "metric")
+            from bert_ticket_cli.config.schema import ReportConfig
+
+            own = {f.name for f in dataclasses.fields(ReportConfig)} - {"verb"}
             filters = [o for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") not in own]
             overrides = [o for o in overrides if o not in filters]
         cfg = validate(compose(verb, overrides), verb)
@@ -118,9 +171,22 @@ def run_verb(verb: str, overrides: list[str], show_cfg: bool, debug: bool) -> in
     return 0
 
 
+def _completions(verb: str, incomplete: str) -> list[str]:
+    """Shell completion of an override: group=option choices and setting keys (``train.lr=``)."""
+    from bert_ticket_cli.config import docs
+    from bert_ticket_cli.config.compose import config_groups
+    from bert_ticket_cli.config.schema import SCHEMAS
+
+    own = {f.name for f in dataclasses.fields(SCHEMAS[verb])} | {"experiment"}
+    words = [f"{g}={o}" for g, options in config_groups().items() if g in own and verb != "report" for o in options]
+    words += [f"{key}=" for key, _, _ in docs.settings(SCHEMAS[verb]) if key != "verb"]
+    return [w for w in words if w.startswith(incomplete)]
+
+
 def _make_verb(verb: str) -> None:
     def command(
-        overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides."),
+        overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides.",
+                                                        autocompletion=lambda incomplete: _completions(verb, incomplete)),
         cfg: bool = typer.Option(False, "--cfg", help="Print the composed config and exit."),
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
         local_rank: Optional[int] = typer.Option(
@@ -131,16 +197,15 @@ def _make_verb(verb: str) -> None:
             os.environ.setdefault("LOCAL_RANK", str(local_rank))
         raise typer.Exit(run_verb(verb, list(overrides or []), cfg, debug))
 
-    help_text = VERBS.get(verb, "Index every run's summary.json under runs/ and print a table.")
     app.command(
         verb,
-        help=help_text,
-        epilog=_groups_epilog(verb),
+        help=VERBS[verb],
+        epilog=_epilog(verb),
         context_settings={"ignore_unknown_options": False},
     )(command)
 
 
-for _verb in (*VERBS, "report"):
+for _verb in VERBS:
     _make_verb(_verb)
 
 

@@ -87,7 +87,7 @@ def unfinished_record(run: Path, root: Path) -> dict[str, Any] | None:
         "task": task.get("name") if isinstance(task, dict) else None,
         "model": model.get("name") if isinstance(model, dict) else None,
         "model_source": model.get("name_or_path") if isinstance(model, dict) else None,
-        "method": cfg.get("method"),
+        "method": method.get("name") if isinstance(method := cfg.get("method"), dict) else method,
         "seed": cfg.get("seed"),
         "main_value": None,
         "config": cfg,
@@ -163,7 +163,7 @@ def _ticket_config(ticket: str, cache: dict[str, dict[str, Any] | None]) -> dict
     if key not in cache:
         cfg = _read_yaml(source / "config.yaml")
         cache[key] = None if cfg is None else {k: v for k, v in flatten(cfg).items()
-                                               if k == "method" or k.startswith(_TICKET_SECTIONS)}
+                                               if k == "method" or k.startswith(("method.", *_TICKET_SECTIONS))}
     return cache[key]
 
 

@@ -147,7 +147,7 @@ def run_name(cfg: Any) -> str:
     """``<task>-<model>[-<method>]-s<seed>`` unless ``run_name`` is set."""
     if cfg.run_name:
         return str(cfg.run_name)
-    method = getattr(cfg, "method", "dense")
+    method = cfg.method.name if hasattr(cfg, "method") else "dense"  # eval has no method
     tag = f"-{method}" if method and method != "dense" else ""
     return f"{cfg.task.name}-{cfg.model.name}{tag}-s{cfg.seed}"
 

@@ -135,8 +135,9 @@ def write_summary(rd: RunDir, cfg: Any, *, metrics: dict[str, float], main_metri
         "task": cfg.task.name,
         "model": cfg.model.name,
         "model_source": cfg.model.name_or_path,
-        "method": cfg.method,
-        "ticket": cfg.ticket.path,
+        # eval has no method and no ticket; pretrain has no ticket (their records say dense / none)
+        "method": cfg.method.name if hasattr(cfg, "method") else "dense",
+        "ticket": cfg.ticket.path if hasattr(cfg, "ticket") else None,
         "seed": cfg.seed,
         "sparsity": 0.0,
         "metrics": metrics,

@@ -17,6 +17,6 @@ from bert_ticket_cli.config.schema import RunConfig
 def run(cfg: RunConfig) -> int:
     from bert_ticket_cli.methods.registry import get
 
-    method = get(cfg.method)  # a later release's method, or an unknown one: a UserError
+    method = get(cfg.method.name)  # a later release's method, or an unknown one: a UserError
     workflow = importlib.import_module(f"bert_ticket_cli.workflows.{method.workflow}")
     return workflow.run(cfg, method)

@@ -8,8 +8,11 @@ dataclass instance so the rest of the code is typed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import os
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,7 +20,8 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bert_ticket_cli.config.schema import SCHEMAS
+from bert_ticket_cli.config.rules import check
+from bert_ticket_cli.config.schema import METHOD_SCHEMAS, SCHEMAS
 from bert_ticket_cli.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -41,6 +45,7 @@ def _prepare_overrides(verb: str, overrides: Sequence[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     groups = config_groups()
+    own = {f.name for f in dataclasses.fields(SCHEMAS[verb])} | {"experiment"}
     errors: list[str] = []
     out: list[str] = []
     for text in overrides:
@@ -56,7 +61,9 @@ def _prepare_overrides(verb: str, overrides: Sequence[str]) -> list[str]:
             first = str(exc).strip().splitlines()[0]
             raise UserError(f"cannot parse override '{text}': {first}") from None
         key = ov.key_or_group
-        if key in groups and verb != "report":
+        if key in groups and verb != "report" and key not in own:
+            errors.append(f"unknown key '{key}' (bert-ticket {verb} has no {key} settings)")
+        elif key in groups and verb != "report":
             value = ov.value()
             if isinstance(value, str) and value not in groups[key]:
                 errors.append(f"unknown {key} '{value}' (choose one of: {', '.join(groups[key])})")
@@ -93,6 +100,10 @@ def compose(verb: str, overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
+#: Every section some verb has (an unknown key naming one is another verb's setting).
+_SECTIONS = {f.name for verb, schema in SCHEMAS.items() if verb != "report" for f in dataclasses.fields(schema)}
+
+
 def _suggest(key: str, options: Sequence[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(key, list(options), n=1)
     return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
@@ -120,7 +131,13 @@ def _check_types(node: Any, schema: type, prefix: str, errors: list[str]) -> Non
         key = str(key)
         name = f"{prefix}{key}"
         if key not in fields:
-            errors.append(f"unknown key '{name}'{_suggest(key, fields, prefix)}")
+            if not prefix and key in _SECTIONS:  # another verb's section: name its keys
+                sub = node._get_node(key)
+                leaves = [f"{key}.{k}" for k in sub.keys()] if isinstance(sub, DictConfig) and len(sub) else [key]
+                verb = node.get("verb") or "this verb"
+                errors.extend(f"unknown key '{leaf}' (bert-ticket {verb} has no {key} settings)" for leaf in leaves)
+            else:
+                errors.append(f"unknown key '{name}'{_suggest(key, fields, prefix)}")
             continue
         tp = _strip_optional(hints[key])
         value = node._get_node(key)
@@ -152,80 +169,85 @@ def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
+def _deprecated_earlybert_keys(cfg: DictConfig) -> None:
+    """``prune.earlybert.X`` (the previous release's spelling) -> ``method.X``, with one line on
+    stderr (from the first process only, under a launcher).
+
+    Kept for one release: on the command line and in experiment YAML alike, since both are
+    merged into the composed config before this runs."""
+    prune = cfg.get("prune")
+    if not isinstance(prune, DictConfig) or "earlybert" not in prune:
+        return
+    old = prune._get_node("earlybert")
+    if isinstance(old, DictConfig):
+        if not isinstance(cfg.get("method"), DictConfig):
+            cfg.method = {"name": str(cfg.get("method") or "dense")}
+        for key in old.keys():
+            cfg.method[key] = old._get_node(key)
+        notes = [f"prune.earlybert.{k} is deprecated: use method.{k}" for k in old.keys()]
+        if notes and os.environ.get("RANK", "0") == "0":
+            print("; ".join(notes), file=sys.stderr, flush=True)
+    del prune["earlybert"]
+    if not len(prune):
+        del cfg["prune"]
+
+
+def _check_method(cfg: DictConfig, errors: list[str]) -> type | None:
+    """Check the ``method`` node against its method's dataclass; returns that dataclass."""
+    node = cfg._get_node("method")
+    if not isinstance(node, DictConfig):  # a stored or hand-written ``method: imp``
+        cfg.method = {"name": str(cfg.method)}
+        node = cfg._get_node("method")
+    name = str(node.get("name", "dense"))
+    schema = METHOD_SCHEMAS.get(name)
+    if schema is None:
+        errors.append(f"unknown method '{name}' (choose one of: {', '.join(METHOD_SCHEMAS)})")
+        return None
+    fields = [f.name for f in dataclasses.fields(schema)]
+    for key in node.keys():
+        if str(key) not in fields:
+            errors.append(f"unknown key 'method.{key}' for method={name}{_suggest(str(key), fields, 'method.')}")
+    node_errors: list[str] = []
+    known = OmegaConf.create({k: node._get_node(k) for k in node.keys() if str(k) in fields})
+    _check_types(known, schema, "method.", node_errors)
+    errors.extend(node_errors)
+    return schema
+
+
 def validate(cfg: DictConfig, verb: str | None = None) -> Any:
-    """Check ``cfg`` against its verb's schema; return the typed dataclass instance."""
+    """Check ``cfg`` against its verb's schema and rules; return the typed dataclass instance.
+
+    Every problem (unknown keys for this verb, types, required values, then the value rules of
+    :mod:`bert_ticket_cli.config.rules`) is reported at once."""
     verb = verb or str(cfg.get("verb"))
     schema = SCHEMAS[verb]
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as composed
+    OmegaConf.set_struct(cfg, False)
     errors: list[str] = []
+    has_method = "method" in {f.name for f in dataclasses.fields(schema)}
+    if has_method:
+        _deprecated_earlybert_keys(cfg)
+    method_schema, method_node = None, None
+    if has_method and "method" in cfg:
+        method_schema = _check_method(cfg, errors)
+        method_node = cfg._get_node("method")
+        del cfg["method"]
     _check_types(cfg, schema, "", errors)
     errors.extend(_missing(cfg))
+    if method_node is not None:
+        errors.extend(_missing(method_node, "method."))
     if errors:
         raise UserError("invalid config: " + "; ".join(errors))
     merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     obj = OmegaConf.to_object(merged)
-    errors.extend(_check_values(obj))
+    if method_schema is not None:
+        obj.method = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(method_schema), method_node))
+    errors.extend(check(obj, verb))
     if errors:
         raise UserError("invalid config: " + "; ".join(errors))
     return obj
 
 
-def _check_values(obj: Any) -> list[str]:
-    """Range and choice checks that types cannot express."""
-    from bert_ticket_cli.config.schema import RunConfig
-
-    errs: list[str] = []
-    if not isinstance(obj, RunConfig):
-        if getattr(obj, "format", "table") not in ("table", "csv", "json"):
-            errs.append(f"'format' must be table, csv or json, got {obj.format!r}")
-        if getattr(obj, "view", "runs") not in ("runs", "tickets", "earlybert", "pretrain"):
-            errs.append(f"'view' must be runs, tickets, earlybert or pretrain, got {obj.view!r}")
-        metric = getattr(obj, "metric", None)
-        if metric is not None and (not str(metric).strip() or getattr(obj, "view", "runs") != "tickets"):
-            errs.append(f"'metric' picks the metric of view=tickets (e.g. metric=f1), got {metric!r} "
-                        f"with view={getattr(obj, 'view', 'runs')}")
-        return errs
-    t, e, k = obj.train, obj.engine, obj.task
-    if t.batch_size <= 0:
-        errs.append(f"'train.batch_size' must be > 0, got {t.batch_size}")
-    if t.micro_batch_size is not None and t.micro_batch_size <= 0:
-        errs.append(f"'train.micro_batch_size' must be > 0, got {t.micro_batch_size}")
-    if t.lr <= 0:
-        errs.append(f"'train.lr' must be > 0, got {t.lr}")
-    if t.epochs <= 0 and not t.max_steps:
-        errs.append(f"'train.epochs' must be > 0, got {t.epochs}")
-    if t.max_steps is not None and t.max_steps <= 0:
-        errs.append(f"'train.max_steps' must be > 0, got {t.max_steps}")
-    if not 0.0 <= t.warmup_ratio < 1.0:
-        errs.append(f"'train.warmup_ratio' must be in [0, 1), got {t.warmup_ratio}")
-    if t.schedule not in ("linear", "constant"):
-        errs.append(f"'train.schedule' must be linear or constant, got {t.schedule!r}")
-    for name in ("warmup_steps", "eval_every", "save_every", "max_grad_norm"):
-        if getattr(t, name) < 0:
-            errs.append(f"'train.{name}' must be >= 0, got {getattr(t, name)}")
-    if t.log_every <= 0:
-        errs.append(f"'train.log_every' must be > 0, got {t.log_every}")
-    if t.keep_checkpoints < 1:
-        errs.append(f"'train.keep_checkpoints' must be >= 1, got {t.keep_checkpoints}")
-    if e.mixed_precision not in ("no", "bf16", "fp16"):
-        errs.append(f"'engine.mixed_precision' must be no, bf16 or fp16, got {e.mixed_precision!r}")
-    if k.max_seq_length < 8:
-        errs.append(f"'task.max_seq_length' must be >= 8, got {k.max_seq_length}")
-    for name in ("max_train_samples", "max_eval_samples"):
-        v = getattr(k, name)
-        if v is not None and v <= 0:
-            errs.append(f"'task.{name}' must be > 0, got {v}")
-    if obj.model.attn_implementation not in ("sdpa", "eager"):
-        errs.append(f"'model.attn_implementation' must be sdpa or eager, got {obj.model.attn_implementation!r}")
-    return errs
-
-
 def to_yaml(obj: Any) -> str:
     """The resolved config as YAML (what ``--cfg`` prints and runs store)."""
     return OmegaConf.to_yaml(OmegaConf.structured(obj))
-
-
-def load_saved(path: Path, verb: str) -> Any:
-    """Read a run's stored config.yaml back into its schema."""
-    cfg = OmegaConf.load(path)
-    assert isinstance(cfg, DictConfig)
-    return validate(cfg, verb)

@@ -1,25 +1,97 @@
-"""The value rules of the ticket-finding and pre-training settings, each checked at once with
-every problem in one message (``invalid config: a; b; c``).
+"""Every value rule of the configuration: one rule set per section, one list of sections per verb.
 
-Type checks and the rules every verb shares live in :mod:`bert_ticket_cli.config.compose`;
-the rules here are those of one procedure, called by its workflow before anything starts.
+:func:`bert_ticket_cli.config.compose.validate` runs :func:`check` right after the types are
+checked, so every problem of a command line is reported at once (``invalid config: a; b; c``),
+exit 2, before anything starts; the workflows check nothing themselves.  A rule that reads two
+sections (``prune.reset_head`` and ``task``) lives with the section it is about.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any, Callable
 
-from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
 
 #: What ``pretrain method=`` accepts.
 PRETRAIN_METHODS = ("dense", "earlybert")
 
+#: What ``report view=`` accepts.
+REPORT_VIEWS = ("runs", "tickets", "earlybert", "pretrain")
 
-def check_prune(cfg: RunConfig) -> None:
-    """``prune`` with a magnitude or random method (imp, omp, random)."""
-    p = cfg.prune
-    errs = []
+#: A run name is one path component of these characters (not starting with . or -).
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9_+=][A-Za-z0-9._+=-]*")
+RUN_NAME_MAX = 200
+
+
+def _run(cfg: Any) -> list[str]:
+    """The run's identity: ``run_name`` is a folder name, never a path."""
+    name = cfg.run_name
+    if name is None:
+        return []
+    name = str(name)
+    if len(name) > RUN_NAME_MAX:
+        return [f"run_name must be at most {RUN_NAME_MAX} characters, got {len(name)}"]
+    if not RUN_NAME_RE.fullmatch(name):
+        return [f"run_name must be one folder name of letters, digits and . _ + = - (not starting with . or -), "
+                f"got {name!r}"]
+    return []
+
+
+def _train(cfg: Any) -> list[str]:
+    t, errs = cfg.train, []
+    if t.batch_size <= 0:
+        errs.append(f"'train.batch_size' must be > 0, got {t.batch_size}")
+    if t.micro_batch_size is not None and t.micro_batch_size <= 0:
+        errs.append(f"'train.micro_batch_size' must be > 0, got {t.micro_batch_size}")
+    if t.lr <= 0:
+        errs.append(f"'train.lr' must be > 0, got {t.lr}")
+    if t.epochs <= 0 and not t.max_steps:
+        errs.append(f"'train.epochs' must be > 0, got {t.epochs}")
+    if t.max_steps is not None and t.max_steps <= 0:
+        errs.append(f"'train.max_steps' must be > 0, got {t.max_steps}")
+    if not 0.0 <= t.warmup_ratio < 1.0:
+        errs.append(f"'train.warmup_ratio' must be in [0, 1), got {t.warmup_ratio}")
+    if t.schedule not in ("linear", "constant"):
+        errs.append(f"'train.schedule' must be linear or constant, got {t.schedule!r}")
+    for name in ("warmup_steps", "eval_every", "save_every", "max_grad_norm"):
+        if getattr(t, name) < 0:
+            errs.append(f"'train.{name}' must be >= 0, got {getattr(t, name)}")
+    if t.log_every <= 0:
+        errs.append(f"'train.log_every' must be > 0, got {t.log_every}")
+    if t.keep_checkpoints < 1:
+        errs.append(f"'train.keep_checkpoints' must be >= 1, got {t.keep_checkpoints}")
+    return errs
+
+
+def _engine(cfg: Any) -> list[str]:
+    e = cfg.engine
+    if e.mixed_precision not in ("no", "bf16", "fp16"):
+        return [f"'engine.mixed_precision' must be no, bf16 or fp16, got {e.mixed_precision!r}"]
+    return []
+
+
+def _task(cfg: Any) -> list[str]:
+    k, errs = cfg.task, []
+    if k.max_seq_length < 8:
+        errs.append(f"'task.max_seq_length' must be >= 8, got {k.max_seq_length}")
+    for name in ("max_train_samples", "max_eval_samples"):
+        v = getattr(k, name)
+        if v is not None and v <= 0:
+            errs.append(f"'task.{name}' must be > 0, got {v}")
+    return errs
+
+
+def _model(cfg: Any) -> list[str]:
+    if cfg.model.attn_implementation not in ("sdpa", "eager"):
+        return [f"'model.attn_implementation' must be sdpa or eager, got {cfg.model.attn_implementation!r}"]
+    return []
+
+
+def _prune(cfg: Any) -> list[str]:
+    """``prune``'s search settings (imp, omp, random)."""
+    p, errs = cfg.prune, []
     if p.schedule not in ("linear", "geometric"):
         errs.append(f"prune.schedule must be linear or geometric, got {p.schedule!r}")
     if p.scope not in ("global", "layer"):
@@ -36,33 +108,39 @@ def check_prune(cfg: RunConfig) -> None:
     bad = [s for s in p.sparsities if not 0 < s < 1]
     if bad:
         errs.append(f"sparsity must be in [0, 1): prune.sparsities has {bad[0]}")
-    if errs:
-        raise UserError("invalid config: " + "; ".join(errs))
+    return errs
 
 
-def check_earlybert(cfg: RunConfig) -> None:
-    """EarlyBERT's settings (``prune.earlybert``), for fine-tuning and pre-training alike."""
-    eb = cfg.prune.earlybert
+def _earlybert(eb: Any) -> list[str]:
+    """EarlyBERT's settings (``method.*`` with method=earlybert), for fine-tuning and pre-training alike."""
     errs = []
     for name in ("head_fraction", "neuron_fraction"):
         if not 0 <= getattr(eb, name) < 1:
-            errs.append(f"prune.earlybert.{name} must be in [0, 1), got {getattr(eb, name)}")
+            errs.append(f"method.{name} must be in [0, 1), got {getattr(eb, name)}")
     for name in ("head_scope", "neuron_scope"):
         if getattr(eb, name) not in ("layer", "global"):
-            errs.append(f"prune.earlybert.{name} must be layer or global, got {getattr(eb, name)!r}")
+            errs.append(f"method.{name} must be layer or global, got {getattr(eb, name)!r}")
     for name in ("l1_heads", "l1_neurons"):
         if getattr(eb, name) < 0:
-            errs.append(f"prune.earlybert.{name} must be >= 0, got {getattr(eb, name)}")
+            errs.append(f"method.{name} must be >= 0, got {getattr(eb, name)}")
     if eb.check_every < 1:
-        errs.append(f"prune.earlybert.check_every must be >= 1, got {eb.check_every}")
+        errs.append(f"method.check_every must be >= 1, got {eb.check_every}")
     if eb.window < 2:
-        errs.append(f"prune.earlybert.window must be >= 2, got {eb.window}")
+        errs.append(f"method.window must be >= 2, got {eb.window}")
     if not 0 <= eb.threshold <= 1:
-        errs.append(f"prune.earlybert.threshold must be in [0, 1], got {eb.threshold}")
+        errs.append(f"method.threshold must be in [0, 1], got {eb.threshold}")
     if eb.search_steps is not None and eb.search_steps < 1:
-        errs.append(f"prune.earlybert.search_steps must be >= 1, got {eb.search_steps}")
-    if errs:
-        raise UserError("invalid config: " + "; ".join(errs))
+        errs.append(f"method.search_steps must be >= 1, got {eb.search_steps}")
+    return errs
+
+
+#: method name -> the rules of its settings.
+METHOD_RULES: dict[str, Callable[[Any], list[str]]] = {"earlybert": _earlybert}
+
+
+def _method(cfg: Any) -> list[str]:
+    rule = METHOD_RULES.get(cfg.method.name)
+    return rule(cfg.method) if rule else []
 
 
 @dataclass(frozen=True)
@@ -75,13 +153,8 @@ class PretrainDurations:
     early_stop_after_s: float | None
 
 
-def check_pretrain(cfg: RunConfig) -> PretrainDurations:
-    """Every pretrain setting checked at once (EarlyBERT's too, with method=earlybert);
-    returns the parsed durations."""
+def _durations(p: Any, errs: list[str]) -> PretrainDurations:
     from bert_ticket_cli.engine.budget import parse_duration
-
-    p, d = cfg.pretrain, cfg.pretrain.data
-    errs: list[str] = []
 
     def duration(value, name):
         if value is None:
@@ -92,14 +165,26 @@ def check_pretrain(cfg: RunConfig) -> PretrainDurations:
             errs.append(str(exc))
             return None
 
-    seconds = duration(p.budget, "budget")
+    return PretrainDurations(budget_s=duration(p.budget, "budget"),
+                             eval_every_s=duration(p.eval_every, "eval_every") or 0.0,
+                             save_every_s=duration(p.save_every, "save_every") or 0.0,
+                             early_stop_after_s=duration(p.early_stop.after, "early_stop.after"))
+
+
+def pretrain_durations(cfg: Any) -> PretrainDurations:
+    """The parsed durations of an already validated ``pretrain`` config."""
+    return _durations(cfg.pretrain, [])
+
+
+def _pretrain(cfg: Any) -> list[str]:
+    """Every pretrain setting (EarlyBERT's are the ``method`` rules)."""
+    p, d = cfg.pretrain, cfg.pretrain.data
+    errs: list[str] = []
+    seconds = _durations(p, errs).budget_s
     if seconds is not None and seconds <= 0:
         errs.append(f"pretrain.budget must be > 0, got {p.budget!r}")
-    eval_every = duration(p.eval_every, "eval_every") or 0.0
-    save_every = duration(p.save_every, "save_every") or 0.0
-    after = duration(p.early_stop.after, "early_stop.after")
-    if cfg.method not in PRETRAIN_METHODS:
-        errs.append(f"method must be dense or earlybert for pretrain, got {cfg.method!r}")
+    if cfg.method.name not in PRETRAIN_METHODS:
+        errs.append(f"method must be dense or earlybert for pretrain, got {cfg.method.name!r}")
     if p.clock not in ("wall", "steps"):
         errs.append(f"pretrain.clock must be wall or steps, got {p.clock!r}")
     elif p.clock == "steps" and not cfg.train.max_steps:
@@ -118,16 +203,39 @@ def check_pretrain(cfg: RunConfig) -> PretrainDurations:
         errs.append(f"pretrain.data.validation_fraction must be in [0, 1), got {d.validation_fraction}")
     if not 0 < d.mlm_probability < 1:
         errs.append(f"pretrain.data.mlm_probability must be in (0, 1), got {d.mlm_probability}")
+    # vocab_size: the 5 special tokens and some words (only read with tokenizer=train).
     for name, low in (("seq_length", 8), ("max_predictions", 1), ("duplication", 1), ("shard_rows", 1),
                       ("shuffle_chunk", 1), ("vocab_size", 10)):
         if getattr(d, name) < low:
             errs.append(f"pretrain.data.{name} must be >= {low}, got {getattr(d, name)}")
-    if cfg.method == "earlybert":
-        try:
-            check_earlybert(cfg)
-        except UserError as exc:
-            errs.append(str(exc).removeprefix("invalid config: "))
-    if errs:
-        raise UserError("invalid config: " + "; ".join(errs))
-    return PretrainDurations(budget_s=seconds, eval_every_s=eval_every, save_every_s=save_every,
-                             early_stop_after_s=after)
+    return errs
+
+
+def _report(cfg: Any) -> list[str]:
+    errs: list[str] = []
+    if cfg.format not in ("table", "csv", "json"):
+        errs.append(f"'format' must be table, csv or json, got {cfg.format!r}")
+    if cfg.view not in REPORT_VIEWS:
+        errs.append(f"'view' must be runs, tickets, earlybert or pretrain, got {cfg.view!r}")
+    if cfg.metric is not None and (not str(cfg.metric).strip() or cfg.view != "tickets"):
+        errs.append(f"'metric' picks the metric of view=tickets (e.g. metric=f1), got {cfg.metric!r} "
+                    f"with view={cfg.view}")
+    return errs
+
+
+_COMMON = (_run, _train, _engine, _task, _model)
+
+#: verb -> the rule sets of its sections, in the order their problems are reported.
+RULES: dict[str, tuple[Callable[[Any], list[str]], ...]] = {
+    "rewind": _COMMON,
+    "eval": _COMMON,
+    "transfer": _COMMON,
+    "prune": (*_COMMON, _prune, _method),
+    "pretrain": (*_COMMON, _pretrain, _method),
+    "report": (_report,),
+}
+
+
+def check(cfg: Any, verb: str) -> list[str]:
+    """Every problem of ``cfg``'s values under ``verb``'s rules (empty: none)."""
+    return [problem for rule in RULES[verb] for problem in rule(cfg)]

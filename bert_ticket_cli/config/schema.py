@@ -78,8 +78,11 @@ class TrainConfig:
     #: Examples per forward pass on one process; None = batch_size / processes.  The
     #: difference is made up by gradient accumulation.
     micro_batch_size: Optional[int] = None
+    #: Peak learning rate (AdamW).
     lr: float = 2e-5
+    #: AdamW weight decay (not on biases and LayerNorm weights).
     weight_decay: float = 0.01
+    #: AdamW betas and epsilon.
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
@@ -133,9 +136,56 @@ class EvalConfig:
 
 
 @dataclass
-class EarlyBertConfig:
-    """EarlyBERT (``prune method=earlybert``): search with slimming coefficients and L1, stop at
-    the early bird, train the compacted model (Chen et al., ACL 2021)."""
+class MethodConfig:
+    """The ``method`` node: ``method=NAME`` picks ``conf/method/NAME.yaml``; the method's own
+    settings live next to its name (``method.l1_heads=...``) and are checked against that
+    method's dataclass (:data:`METHOD_SCHEMAS`)."""
+
+    #: dense (no ticket), imp, omp, random, earlybert; super_tickets arrives in a later release.
+    name: str = "dense"
+
+
+@dataclass
+class DenseMethodConfig(MethodConfig):
+    """No ticket: the full model."""
+
+    name: str = "dense"
+
+
+@dataclass
+class ImpMethodConfig(MethodConfig):
+    """Iterative magnitude pruning (its settings are under ``prune.*``)."""
+
+    name: str = "imp"
+
+
+@dataclass
+class OmpMethodConfig(MethodConfig):
+    """One-shot magnitude pruning at each of ``prune.sparsities``."""
+
+    name: str = "omp"
+
+
+@dataclass
+class RandomMethodConfig(MethodConfig):
+    """Random tickets at ``prune.sparsities`` (the random-pruning baseline)."""
+
+    name: str = "random"
+
+
+@dataclass
+class SuperTicketsMethodConfig(MethodConfig):
+    """Super tickets (a later release; no settings yet)."""
+
+    name: str = "super_tickets"
+
+
+@dataclass
+class EarlyBertMethodConfig(MethodConfig):
+    """EarlyBERT (``prune method=earlybert``, ``pretrain method=earlybert``): search with slimming
+    coefficients and L1, stop at the early bird, train the compacted model (Chen et al., ACL 2021)."""
+
+    name: str = "earlybert"
 
     #: L1 weight on the attention-head coefficients and on the FFN-neuron coefficients.
     l1_heads: float = 1e-4
@@ -160,6 +210,17 @@ class EarlyBertConfig:
     search_steps: Optional[int] = None
     #: Also fine-tune the dense model under the same budget (the time and accuracy baseline).
     dense_baseline: bool = True
+
+
+#: method= name -> the dataclass its ``method.*`` settings are checked against.
+METHOD_SCHEMAS: dict[str, type] = {
+    "dense": DenseMethodConfig,
+    "imp": ImpMethodConfig,
+    "omp": OmpMethodConfig,
+    "random": RandomMethodConfig,
+    "earlybert": EarlyBertMethodConfig,
+    "super_tickets": SuperTicketsMethodConfig,
+}
 
 
 @dataclass
@@ -189,8 +250,6 @@ class PruneConfig:
     reset_head: bool = True
     #: omp / random: the sparsities produced in one run.
     sparsities: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
-    #: method=earlybert settings.
-    earlybert: EarlyBertConfig = field(default_factory=EarlyBertConfig)
 
 
 @dataclass
@@ -290,14 +349,17 @@ class PretrainConfig:
 
 @dataclass
 class RunConfig:
-    """Root schema shared by the training and evaluation verbs."""
+    """The parts every training and evaluation verb shares (each verb's root schema below adds
+    only the sections that verb uses)."""
 
     #: Set by the CLI: which verb composed this config.
     verb: str = "rewind"
+    #: Seed of the weights drawn, the data order and dropout.
     seed: int = 42
     #: Root folder of all runs.
     output_dir: str = "runs"
-    #: Run folder name under output_dir/<verb>/; None = <task>-<model>-s<seed>.
+    #: Run folder name under output_dir/<verb>/ (letters, digits and . _ + = -); None =
+    #: <task>-<model>-s<seed>.
     run_name: Optional[str] = None
     #: Continue an interrupted run from its last checkpoint.
     resume: bool = False
@@ -305,21 +367,65 @@ class RunConfig:
     overwrite: bool = False
     #: Tokenized-data cache; None = ~/.cache/bert_ticket.
     cache_dir: Optional[str] = None
-    #: Method: dense (no ticket), imp, omp, random, earlybert; super_tickets later.
-    method: str = "dense"
-    #: The ticket to train (``ticket=PATH`` is short for ``ticket.path=PATH``).
-    ticket: TicketConfig = field(default_factory=TicketConfig)
-    #: Ticket search settings (``prune``).
-    prune: PruneConfig = field(default_factory=PruneConfig)
-    #: Tickets x tasks (``transfer``).
-    transfer: TransferConfig = field(default_factory=TransferConfig)
-    #: MLM pre-training on a budget (``pretrain``).
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    #: Evaluation settings (also the evaluation after training).
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class RewindRunConfig(RunConfig):
+    """``bert-ticket rewind``: train a ticket (or the dense model), then evaluate."""
+
+    verb: str = "rewind"
+    #: The method (set from the ticket; dense without one).
+    method: MethodConfig = field(default_factory=DenseMethodConfig)
+    #: The ticket to train (``ticket=PATH`` is short for ``ticket.path=PATH``).
+    ticket: TicketConfig = field(default_factory=TicketConfig)
+
+
+@dataclass
+class PruneRunConfig(RunConfig):
+    """``bert-ticket prune``: find tickets with ``method=``."""
+
+    verb: str = "prune"
+    #: The ticket-finding method and its settings (``method=imp|omp|random|earlybert``).
+    method: MethodConfig = field(default_factory=DenseMethodConfig)
+    #: Ticket search settings of imp / omp / random.
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+
+@dataclass
+class TransferRunConfig(RunConfig):
+    """``bert-ticket transfer``: tickets found on one task trained on others."""
+
+    verb: str = "transfer"
+    #: The method (set from the ticket).
+    method: MethodConfig = field(default_factory=DenseMethodConfig)
+    #: The ticket to train (``ticket=PATH`` is short for ``ticket.path=PATH``).
+    ticket: TicketConfig = field(default_factory=TicketConfig)
+    #: Tickets x tasks.
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+
+
+@dataclass
+class PretrainRunConfig(RunConfig):
+    """``bert-ticket pretrain``: MLM pre-training on a budget (method=dense or earlybert)."""
+
+    verb: str = "pretrain"
+    #: dense, or earlybert (EarlyBERT pre-training; its settings are ``method.*``).
+    method: MethodConfig = field(default_factory=DenseMethodConfig)
+    #: MLM pre-training on a budget.
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+@dataclass
+class EvalRunConfig(RunConfig):
+    """``bert-ticket eval``: evaluate a saved model."""
+
+    verb: str = "eval"
 
 
 @dataclass
@@ -355,10 +461,10 @@ class ReportConfig:
 
 #: Which schema each verb's root config follows.
 SCHEMAS: dict[str, type] = {
-    "rewind": RunConfig,
-    "eval": RunConfig,
-    "prune": RunConfig,
-    "transfer": RunConfig,
-    "pretrain": RunConfig,
+    "rewind": RewindRunConfig,
+    "eval": EvalRunConfig,
+    "prune": PruneRunConfig,
+    "transfer": TransferRunConfig,
+    "pretrain": PretrainRunConfig,
     "report": ReportConfig,
 }

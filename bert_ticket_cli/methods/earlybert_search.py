@@ -96,7 +96,7 @@ class EarlyBert:
 
     def start_search(self, model: torch.nn.Module, eb: Any, store: Path, *, start_step: int,
                      main: bool) -> tuple[EarlyBirdSearch, Any]:
-        """Slimming coefficients on ``model`` (``eb``: ``prune.earlybert``); the search hook
+        """Slimming coefficients on ``model`` (``eb``: ``cfg.method``, method=earlybert); the search hook
         (checks stored in ``store``) and the L1 penalty on the coefficients."""
         from bert_ticket_cli.model.slimming import Slimming
 

@@ -9,7 +9,7 @@ Three stages, each a resumable sub-run (:func:`.stages.run_stages`):
 2. **compact**: rebuild the model physically smaller (:mod:`bert_ticket_cli.model.compact`) with
    only the kept heads and neurons, *restart from the pre-trained weights* of that structure
    (not the searched ones), train without L1, evaluate, save the reloadable compact model;
-3. **dense** (``prune.earlybert.dense_baseline``): the full model from the same weights under the
+3. **dense** (``method.dense_baseline``): the full model from the same weights under the
    same budget: the accuracy and time EarlyBERT is compared against.
 
 ``pretrain method=earlybert`` (:mod:`.pretraining`) runs the same stages on MLM and shares the
@@ -42,7 +42,6 @@ import torch
 
 from bert_ticket_cli.artifacts.paths import REWIND_FROM_TICKET, RunDir, TICKET_JSON, atomic_write_json
 from bert_ticket_cli.artifacts.records import now, read_summary, write_summary
-from bert_ticket_cli.config.rules import check_earlybert
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.workflows.context import command, model_args, name_local_model, source_model, task_args
@@ -55,7 +54,6 @@ STAGES = ("search", "compact", "dense")
 
 
 def run(cfg: RunConfig, method: Any) -> int:
-    check_earlybert(cfg)
     name_local_model(cfg)
     return run_workflow(cfg, lambda r: find_ticket(r, method), on_finished=print_stages)
 
@@ -65,7 +63,7 @@ def find_ticket(run: Run, method: Any) -> int:
     from bert_ticket_cli.sparsity.ticket import Ticket
 
     cfg, session, rd, main = run.cfg, run.session, run.dir, run.main
-    eb = cfg.prune.earlybert
+    eb = cfg.method
 
     # ---- inputs (checked before anything is written) ----
     tokenizer, data, theta0 = load_inputs(cfg, session)
@@ -136,8 +134,8 @@ def find_ticket(run: Run, method: Any) -> int:
 # ------------------------------------------------- shared with pretrain method=earlybert
 
 def stage_dirs(run: Run) -> list[tuple[str, RunDir]]:
-    """The stages to run (the dense one with ``prune.earlybert.dense_baseline``) and their folders."""
-    return [(s, run.dir.stage(s)) for s in STAGES if s != "dense" or run.cfg.prune.earlybert.dense_baseline]
+    """The stages to run (the dense one with ``method.dense_baseline``) and their folders."""
+    return [(s, run.dir.stage(s)) for s in STAGES if s != "dense" or run.cfg.method.dense_baseline]
 
 
 def save_rewind_point(run: Run, init: dict[str, torch.Tensor]) -> None:
@@ -153,7 +151,7 @@ def save_search_outputs(cfg: RunConfig, rd: RunDir, search: Any, heads: torch.Te
     from bert_ticket_cli.methods.earlybert import distance_matrices
     from bert_ticket_cli.sparsity.ticket import Ticket
 
-    eb = cfg.prune.earlybert
+    eb = cfg.method
     atomic_write_json(rd.earlybird, {
         "steps": [s for s, _, _ in search.checks],
         **distance_matrices([(h, n) for _, h, n in search.checks]),

@@ -23,7 +23,7 @@ from typing import Any
 
 from bert_ticket_cli.artifacts.paths import TICKETS_DIR
 from bert_ticket_cli.artifacts.records import print_metrics_table, write_summary
-from bert_ticket_cli.config.schema import RunConfig
+from bert_ticket_cli.config.schema import MethodConfig, RunConfig
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.workflows.context import command, name_local_model, task_args, use_source_model
 from bert_ticket_cli.workflows.stages import Run, run_workflow
@@ -45,14 +45,14 @@ def train_ticket(cfg: RunConfig, *, from_pretrained: bool = False) -> int:
     name_local_model(cfg)
     if cfg.ticket.path is not None:
         ticket, method, facts = load_ticket_run(cfg)
-        cfg.method = method
+        cfg.method = MethodConfig(name=method)  # the record's label (random_pruning, imp, ...)
         # The ticket's source model unless the user chose a model (see workflows/context.py).
         if use_source_model(cfg, ticket.meta.get("source_model")):
             facts["model_from_ticket"] = True
         if cfg.run_name is None:
             cfg.run_name = f"{cfg.task.name}-{cfg.model.name}-{cfg.ticket.variant}-{ticket_label(cfg.ticket.path)}-s{cfg.seed}"
-    elif cfg.method != "dense":
-        raise UserError(f"rewind trains a ticket (ticket=PATH) or the dense model; method={cfg.method} is for "
+    elif cfg.method.name != "dense":
+        raise UserError(f"rewind trains a ticket (ticket=PATH) or the dense model; method={cfg.method.name} is for "
                         f"'bert-ticket prune'")
     return run_workflow(cfg, lambda r: _train(r, ticket, facts, from_pretrained), on_finished=lambda s: (
         print_metrics_table(f"{s['run_name']} (finished {s['finished']})", s["metrics"])))

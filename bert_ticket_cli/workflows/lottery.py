@@ -26,7 +26,6 @@ import torch
 
 from bert_ticket_cli.artifacts.paths import REWIND_FROM_TICKET, atomic_write_json
 from bert_ticket_cli.artifacts.records import now, read_summary, write_summary
-from bert_ticket_cli.config.rules import check_prune
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.workflows.context import command, model_args, name_local_model, source_model, task_args
@@ -38,7 +37,6 @@ from bert_ticket_cli.workflows.training import (
 
 
 def run(cfg: RunConfig, method: Any) -> int:
-    check_prune(cfg)
     name_local_model(cfg)
     return run_workflow(cfg, lambda r: find_tickets(r, method), on_finished=print_trajectory)
 
@@ -69,7 +67,7 @@ def find_tickets(run: Run, method: Any) -> int:
 
     # ---- the tickets to train, level by level ----
     targets = method.targets(cfg, total)
-    meta = {"method": cfg.method, "model": cfg.model.name_or_path or cfg.model.name, "model_id": model_id(theta0),
+    meta = {"method": cfg.method.name, "model": cfg.model.name_or_path or cfg.model.name, "model_id": model_id(theta0),
             "source_task": cfg.task.name, "seed": cfg.seed, "rewind_point": cfg.prune.rewind,
             "rewind_steps": rewind_at, "rewind_weights": REWIND_FROM_TICKET,
             "scope": cfg.prune.scope, "total_model_params": n_model, "include_pooler": cfg.prune.include_pooler,
@@ -89,7 +87,7 @@ def find_tickets(run: Run, method: Any) -> int:
             init = {**init, **prev_head}  # the reference code's quirk: keep the trained head
         if main:
             print(f"level {level}/{len(targets) - 1}: sparsity {targets[level] / total:.4f} over {total:,} prunable "
-                  f"weights ({'dense' if level == 0 else cfg.method})", flush=True)
+                  f"weights ({'dense' if level == 0 else cfg.method.name})", flush=True)
             if ticket is not None:
                 for line in sparsity_lines(ticket.per_matrix_sparsity()):
                     print(f"  {line}", flush=True)
@@ -125,7 +123,7 @@ def find_tickets(run: Run, method: Any) -> int:
                 "ticket": str(rd.ticket(level)) if level > 0 else None,
                 "role": "level",
                 # level 0 is the dense baseline of the run, recorded as such (report method=dense)
-                **({"method": "dense", "prune_method": cfg.method} if level == 0 else {}),
+                **({"method": "dense", "prune_method": cfg.method.name} if level == 0 else {}),
             })
         session.wait_for_everyone()
         return record

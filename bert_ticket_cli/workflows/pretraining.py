@@ -32,7 +32,7 @@ import torch
 
 from bert_ticket_cli.artifacts.paths import RunDir
 from bert_ticket_cli.artifacts.records import print_metrics_table, read_summary, write_summary
-from bert_ticket_cli.config.rules import check_pretrain
+from bert_ticket_cli.config.rules import pretrain_durations
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.workflows import earlybert
 from bert_ticket_cli.workflows.context import command, composed_default, name_local_model
@@ -44,7 +44,6 @@ def prepare_only(cfg: RunConfig) -> int:
     """``bert-ticket pretrain prepare``: build (or find) the prepared data and say where it is."""
     from bert_ticket_cli.data.pretraining import open_prepared, prepare
 
-    check_pretrain(cfg)
     path = prepare(cfg)
     data = open_prepared(path)
     counts = data.manifest.get("counts", {})
@@ -106,7 +105,7 @@ def pretrain(run: Run, budget: Any, given: list[str] = ()) -> int:
     model = build_pretrain_model(cfg, data.tokenizer)  # needs the seed: its weights are drawn
     run.commit()
     session.wait_for_everyone()
-    if cfg.method == "earlybert":
+    if cfg.method.name == "earlybert":
         return pretrain_earlybert(run, data, model, budget)
     record = train_and_record(run, run.dir, data, model, budget, resume=run.opened.resume_from,
                               save_to=run.dir.model, extra={"role": "pretrain"})
@@ -128,7 +127,7 @@ def pretrain_earlybert(run: Run, data: Any, theta0: torch.nn.Module, budget: Any
     from bert_ticket_cli.model.sparse_mlm import from_masked_lm
     from bert_ticket_cli.sparsity.ticket import Ticket
 
-    cfg, session, rd, main, eb = run.cfg, run.session, run.dir, run.main, run.cfg.prune.earlybert
+    cfg, session, rd, main, eb = run.cfg, run.session, run.dir, run.main, run.cfg.method
     method = get_method("earlybert")
     init = model_state(theta0)
     dense_params = sum(p.numel() for p in theta0.parameters())
@@ -240,10 +239,10 @@ def train_and_record(run: Run, rd: RunDir, data: Any, model: torch.nn.Module, bu
 
 
 def make_budget(cfg: RunConfig) -> Any:
-    """Every pretrain setting checked (:func:`check_pretrain`); the :class:`Budget` of the run."""
+    """The :class:`Budget` of the run (its settings were checked when the config was validated)."""
     from bert_ticket_cli.engine.budget import Budget
 
-    p, d = cfg.pretrain, check_pretrain(cfg)
+    p, d = cfg.pretrain, pretrain_durations(cfg)
     return Budget(seconds=d.budget_s, clock=p.clock, max_steps=cfg.train.max_steps, warmup=p.warmup_proportion,
                   eval_every_s=d.eval_every_s, eval_every_steps=cfg.train.eval_every, save_every_s=d.save_every_s,
                   save_every_steps=cfg.train.save_every, early_stop_loss=p.early_stop.loss,

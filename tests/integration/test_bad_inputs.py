@@ -58,7 +58,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     "pretrain steps clock without max_steps": (["pretrain", "pretrain.clock=steps"], "train.max_steps"),
     "pretrain early stop half set": (["pretrain", "pretrain.early_stop.loss=6"], "early_stop"),
     "method not built yet": (["prune", "method=super_tickets"], "super-tickets"),
-    "earlybert fraction out of range": (["prune", "method=earlybert", "prune.earlybert.neuron_fraction=1.2"],
+    "earlybert fraction out of range": (["prune", "method=earlybert", "method.neuron_fraction=1.2"],
                                         "neuron_fraction"),
     "sparsity out of range": (["prune", "method=omp", "prune.sparsities=[0.5,1.5]"], "sparsity must be in [0, 1)"),
     "missing ticket": (["rewind", "ticket=/nonexistent/ticket"], "/nonexistent/ticket"),

@@ -130,8 +130,8 @@ def test_eval_export_padded_loads_in_plain_transformers(tmp_path):
     from bert_ticket_cli.model.compact import load_compact
 
     out = tmp_path / "runs"
-    r = cli("prune", "method=earlybert", "experiment=demo", *FAST, "prune.earlybert.check_every=2",
-            "prune.earlybert.dense_baseline=false", "run_name=eb", f"output_dir={out}")
+    r = cli("prune", "method=earlybert", "experiment=demo", *FAST, "method.check_every=2",
+            "method.dense_baseline=false", "run_name=eb", f"output_dir={out}")
     assert r.returncode == 0, r.stderr[-3000:]
     compact = out / "prune" / "eb" / "stages" / "compact" / "model"
     r = cli("eval", "experiment=demo", *FAST, f"eval.checkpoint={compact}", "eval.export=padded",

@@ -15,15 +15,15 @@ from tests.conftest import cli
 
 pytestmark = pytest.mark.integration
 
-BASE = ["experiment=demo", "task.synthetic.n_train=640", "train.epochs=2", "train.log_every=100",
-        "prune.earlybert.check_every=2"]
+BASE = ["experiment=demo", "task.synthetic.n_train=640", "train.epochs=2", "train.log_every=100"]
+EB = ["method=earlybert", "method.check_every=2"]  # prune only: rewind has no EarlyBERT settings
 LAYERS, HEADS, NEURONS = 2, 4, 128  # the tiny model
 
 
 @pytest.fixture(scope="module")
 def eb_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("eb") / "runs"
-    r = cli("prune", "method=earlybert", *BASE, "run_name=eb", f"output_dir={out}")
+    r = cli("prune", *EB, *BASE, "run_name=eb", f"output_dir={out}")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "early bird" in r.stdout and "eval.checkpoint=" in r.stdout
     return out, out / "prune" / "eb"
@@ -104,8 +104,8 @@ def test_random_structured_ticket_and_report(eb_run):
     assert r.returncode == 0 and (out / "plots" / "earlybird_eb.png").stat().st_size > 0
 
 
-RESUME = [*BASE, "prune.earlybert.search_steps=6", "prune.earlybert.stop_at_early_bird=false",
-          "prune.earlybert.dense_baseline=false", "model.config.hidden_dropout_prob=0.1"]
+RESUME = [*BASE, "method.check_every=2", "method.search_steps=6", "method.stop_at_early_bird=false",
+          "method.dense_baseline=false", "model.config.hidden_dropout_prob=0.1"]
 
 
 def _outcome(run):

@@ -184,9 +184,9 @@ def _sst2_folder(root: Path) -> Path:
 
 def test_earlybert_pretraining_then_finetune_the_compact_model(prepared, tmp_path):
     out = tmp_path / "runs"
-    eb = ["method=earlybert", "pretrain.clock=steps", "train.max_steps=8", "prune.earlybert.check_every=1",
-          "prune.earlybert.window=2", "prune.earlybert.threshold=0.5", "prune.earlybert.head_fraction=0.5",
-          "prune.earlybert.l1_heads=0.01", "prune.earlybert.l1_neurons=0.01", "run_name=eb"]
+    eb = ["method=earlybert", "pretrain.clock=steps", "train.max_steps=8", "method.check_every=1",
+          "method.window=2", "method.threshold=0.5", "method.head_fraction=0.5",
+          "method.l1_heads=0.01", "method.l1_neurons=0.01", "run_name=eb"]
     r = cli("pretrain", *_args(prepared, out, *eb))
     assert r.returncode == 0, r.stderr[-3000:]
     run = out / "pretrain" / "eb"

@@ -92,3 +92,116 @@ def test_yaml_round_trip():
     cfg = validate(compose("rewind", ["task=mnli", "train.lr=1e-4"]))
     again = validate(OmegaConf.create(to_yaml(cfg)), "rewind")
     assert again == cfg
+
+
+# ---- one root schema per verb, the method group, the rules, YAML = only what differs ----
+
+def test_each_verb_has_its_own_root_schema():
+    from bert_ticket_cli.config.schema import EvalRunConfig, PretrainRunConfig, PruneRunConfig
+
+    assert isinstance(validate(compose("eval", [])), EvalRunConfig)
+    assert not hasattr(validate(compose("eval", [])), "prune")
+    assert isinstance(validate(compose("prune", [])), PruneRunConfig)
+    assert not hasattr(validate(compose("pretrain", [])), "ticket")
+    assert isinstance(validate(compose("pretrain", [])), PretrainRunConfig)
+    with pytest.raises(UserError, match=r"unknown key 'prune.levels'"):
+        validate(compose("eval", ["prune.levels=3"]))
+
+
+def test_method_group_selects_the_method_schema():
+    from bert_ticket_cli.config.schema import EarlyBertMethodConfig, MethodConfig
+
+    cfg = validate(compose("prune", ["method=earlybert", "method.window=3", "method.l1_heads=0.5"]))
+    assert isinstance(cfg.method, EarlyBertMethodConfig) and cfg.method.name == "earlybert"
+    assert cfg.method.window == 3 and cfg.method.l1_heads == 0.5 and cfg.method.threshold == 0.1
+    cfg = validate(compose("pretrain", ["method=earlybert", "method.check_every=2"]))
+    assert cfg.method.check_every == 2
+    imp = validate(compose("prune", ["method=imp"])).method
+    assert type(imp) is not MethodConfig and imp.name == "imp"
+    with pytest.raises(UserError, match=r"unknown key 'method.window' for method=imp"):
+        validate(compose("prune", ["method=imp", "method.window=3"]))
+    with pytest.raises(UserError, match=r"'method.window' must be int"):
+        validate(compose("prune", ["method=earlybert", "method.window=x"]))
+    again = validate(OmegaConf.create(to_yaml(validate(compose("prune", ["method=earlybert"])))), "prune")
+    assert isinstance(again.method, EarlyBertMethodConfig)
+
+
+def test_deprecated_earlybert_keys_in_experiment_yaml(capsys):
+    raw = compose("prune", ["method=earlybert"])
+    raw.prune = {"earlybert": {"window": 4}, "levels": 2}
+    cfg = validate(raw, "prune")
+    assert cfg.method.window == 4 and cfg.prune.levels == 2
+    assert capsys.readouterr().err.strip() == "prune.earlybert.window is deprecated: use method.window"
+
+
+def test_rules_run_at_validation_all_at_once():
+    with pytest.raises(UserError) as e:
+        validate(compose("prune", ["method=earlybert", "method.window=1", "prune.rate=2", "train.lr=-1"]))
+    msg = str(e.value)
+    assert "method.window must be >= 2" in msg and "prune.rate" in msg and "train.lr" in msg and "\n" not in msg
+    with pytest.raises(UserError, match=r"pretrain.data.seq_length must be >= 8, got 4"):
+        validate(compose("pretrain", ["pretrain.data.seq_length=4"]))
+    with pytest.raises(UserError, match="method must be dense or earlybert for pretrain"):
+        validate(compose("pretrain", ["method=omp"]))
+
+
+def test_pretrain_durations_come_from_validated_values():
+    from bert_ticket_cli.config.rules import pretrain_durations
+
+    cfg = validate(compose("pretrain", ["pretrain.budget=90min", "pretrain.early_stop.loss=6",
+                                        "pretrain.early_stop.after=1h"]))
+    d = pretrain_durations(cfg)
+    assert d.budget_s == 5400 and d.eval_every_s == 1800 and d.early_stop_after_s == 3600
+
+
+@pytest.mark.parametrize("name,ok", [("../../escape", False), ("/tmp/x", False), ("a" * 201, False),
+                                     ("a" * 200, True), (".x", False), ("-x", False), ("mrpc-tiny_s1.v+2", True)])
+def test_run_name_rule(name, ok):
+    from bert_ticket_cli.config.schema import RewindRunConfig
+    from bert_ticket_cli.config.rules import check
+
+    problems = check(RewindRunConfig(run_name=name), "rewind")
+    assert (problems == []) == ok, problems
+
+
+def test_yaml_files_keep_only_what_differs_from_the_schema():
+    import yaml
+
+    from bert_ticket_cli.config.schema import METHOD_SCHEMAS, SCHEMAS as ROOTS
+
+    group_schemas = {"model": ROOTS["rewind"]().model, "task": ROOTS["rewind"]().task,
+                     "engine": ROOTS["rewind"]().engine}
+    same: list[str] = []
+
+    def walk(values, defaults, where):
+        for key, value in (values or {}).items():
+            if key in ("defaults", "name") or not isinstance(defaults, dict) or key not in defaults:
+                continue
+            if isinstance(value, dict) and isinstance(defaults[key], dict):
+                walk(value, defaults[key], f"{where}{key}.")
+            elif value == defaults[key]:
+                same.append(f"{where}{key}")
+
+    for verb, schema in ROOTS.items():
+        text = (CONF_DIR / f"{verb}.yaml").read_text()
+        walk(yaml.safe_load(text), OmegaConf.to_container(OmegaConf.structured(schema)), f"{verb}.yaml: ")
+        assert "\nverb:" not in text
+    for group, default in group_schemas.items():
+        for f in sorted((CONF_DIR / group).glob("*.yaml")):
+            walk(yaml.safe_load(f.read_text()), OmegaConf.to_container(OmegaConf.structured(default)), f"{f.name}: ")
+    for f in sorted((CONF_DIR / "experiment").glob("*.yaml")):  # @package _global_: the root's keys
+        walk(yaml.safe_load(f.read_text()), OmegaConf.to_container(OmegaConf.structured(ROOTS["rewind"])), f"{f.name}: ")
+    for f in sorted((CONF_DIR / "method").glob("*.yaml")):
+        assert yaml.safe_load(f.read_text())["name"] in METHOD_SCHEMAS
+        walk(yaml.safe_load(f.read_text()), OmegaConf.to_container(OmegaConf.structured(METHOD_SCHEMAS[f.stem])), "")
+    assert same == []
+
+
+def test_every_setting_has_a_one_line_doc():
+    from bert_ticket_cli.config import docs
+    from bert_ticket_cli.config.schema import METHOD_SCHEMAS
+
+    missing = [f"{verb}: {key}" for verb, schema in SCHEMAS.items()
+               for key, _, doc in docs.settings(schema) if not doc and key != "verb"]
+    missing += [key for schema in METHOD_SCHEMAS.values() for key, _, doc in docs.settings(schema) if not doc]
+    assert missing == []

@@ -161,7 +161,7 @@ def test_detector_fires_on_the_first_stable_window_and_not_before():
 
 def test_search_hook_replays_its_checks_after_a_resume(tmp_path):
     from bert_ticket_cli.methods.earlybert_search import EarlyBirdSearch, load_checks, save_checks
-    from bert_ticket_cli.config.schema import EarlyBertConfig
+    from bert_ticket_cli.config.schema import EarlyBertMethodConfig
 
     store = tmp_path / "checks.safetensors"
     flips = [0, 3, 6, 9, 12, 13, 13, 14, 14, 14]
@@ -173,7 +173,7 @@ def test_search_hook_replays_its_checks_after_a_resume(tmp_path):
         def scores(self):
             return torch.ones(1, 4), torch.arange(20, dtype=torch.float32)[None]
 
-    eb = EarlyBertConfig(check_every=2, window=5, threshold=0.1, head_fraction=0.0, neuron_fraction=0.7)
+    eb = EarlyBertMethodConfig(check_every=2, window=5, threshold=0.1, head_fraction=0.0, neuron_fraction=0.7)
     early = EarlyBirdSearch(FakeSlim(), eb, store, start_step=12, main=True)  # checks after step 12 dropped
     assert len(early.checks) == 6 and early.found_at is None and not early.stop_training
     late = EarlyBirdSearch(FakeSlim(), eb, store, start_step=20, main=False)

@@ -12,8 +12,7 @@ from typing import Any
 
 from bert_ticket_cli.data.common import default_cache_dir
 from bert_ticket_cli.data.pretraining.sources import Source
-from bert_ticket_cli.data.pretraining.tokenizer import SPECIAL_TOKENS, tokenizer_identity
-from bert_ticket_cli.errors import UserError
+from bert_ticket_cli.data.pretraining.tokenizer import tokenizer_identity
 
 #: Bump whenever a change here changes the prepared data for the same inputs and settings.
 FORMAT_VERSION = "pretrain-data-1"
@@ -23,23 +22,6 @@ PREPARE_HINT = "bert-ticket pretrain prepare pretrain.data.corpus=[path/to/text]
 
 def cache_root(cfg: Any) -> Path:
     return Path(default_cache_dir(cfg)).expanduser()
-
-
-def check_settings(d: Any) -> None:
-    problems = []
-    if d.seq_length < 4:
-        problems.append(f"pretrain.data.seq_length must be at least 4, got {d.seq_length}")
-    if not 0.0 < float(d.mlm_probability) < 1.0:
-        problems.append(f"pretrain.data.mlm_probability must be in (0, 1), got {d.mlm_probability}")
-    for name in ("max_predictions", "duplication", "shard_rows", "shuffle_chunk"):
-        if getattr(d, name) < 1:
-            problems.append(f"pretrain.data.{name} must be at least 1, got {getattr(d, name)}")
-    if not 0.0 <= float(d.validation_fraction) < 1.0:
-        problems.append(f"pretrain.data.validation_fraction must be in [0, 1), got {d.validation_fraction}")
-    if str(d.tokenizer) == "train" and d.vocab_size < len(SPECIAL_TOKENS) + 1:
-        problems.append(f"pretrain.data.vocab_size must be more than {len(SPECIAL_TOKENS)}, got {d.vocab_size}")
-    if problems:
-        raise UserError("; ".join(problems))
 
 
 def settings_of(cfg: Any, corpus: Sequence[Source], validation: Sequence[Source]) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from bert_ticket_cli.data.pretraining.manifest import (
     MANIFEST,
     PREPARE_HINT,
     Manifest,
-    check_settings,
     first_difference,
     fingerprint_of,
     part_names,
@@ -99,8 +98,7 @@ def prepare(cfg: Any, *, log: Callable[[str], Any] = print, num_proc: int = 1,
     ``num_proc`` processes mask the copies (1: in this process).  ``given``: the
     ``pretrain.data`` keys the user set; a folder found through ``pretrain.data.dir`` alone (no
     corpus, so no fingerprint) must agree with them, or it is refused like ``prepare`` refuses."""
-    d = cfg.pretrain.data
-    check_settings(d)
+    d = cfg.pretrain.data  # its values were checked with the config (config/rules.py)
     if d.dir and not d.corpus:  # training on a folder prepared earlier: constant start-up, no hashing
         found = Path(str(d.dir)).expanduser()
         old = read_manifest(found)
