@@ -21,8 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bert_ticket_cli.artifacts.paths import TICKETS_DIR
-from bert_ticket_cli.artifacts.records import print_metrics_table, write_summary
+from bert_ticket_cli.artifacts.paths import TICKETS_DIR, config_hash
+from bert_ticket_cli.artifacts.records import note_data, print_metrics_table, task_data_fingerprint, write_summary
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.workflows.stages import Run, run_workflow
@@ -45,7 +45,8 @@ def train_ticket(cfg: RunConfig, *, from_pretrained: bool = False) -> int:
         ticket, method, facts = load_ticket_run(cfg)
         cfg.method = method
         if cfg.run_name is None:
-            cfg.run_name = f"{cfg.task.name}-{cfg.model.name}-{cfg.ticket.variant}-{ticket_label(cfg.ticket.path)}-s{cfg.seed}"
+            cfg.run_name = (f"{cfg.task.name}-{cfg.model.name}-{cfg.ticket.variant}-{ticket_label(cfg.ticket.path)}"
+                            f"-s{cfg.seed}-{config_hash(cfg)}")
     elif cfg.method != "dense":
         raise UserError(f"rewind trains a ticket (ticket=PATH) or the dense model; method={cfg.method} is for "
                         f"'bert-ticket prune'")
@@ -63,6 +64,7 @@ def _train(run: Run, ticket: Any, facts: dict[str, Any], from_pretrained: bool) 
     tokenizer = load_tokenizer(cfg.model, cfg.task)
     with session.main_process_first():
         data = load_task_data(cfg, tokenizer, train=True)
+    note_data(task_data_fingerprint(data))
     spec = TrainSpec(ticket=ticket, resume_from=run.opened.resume_from, save_model_to=run.dir.model)
     if ticket is not None:
         rewind = None if from_pretrained else ticket.meta.get("rewind_weights")

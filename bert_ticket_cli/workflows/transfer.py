@@ -16,7 +16,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from bert_ticket_cli.artifacts.paths import TICKET_JSON, atomic_write_json, run_dir
+from bert_ticket_cli.artifacts.paths import TICKET_JSON, atomic_write_json, config_hash, run_dir
 from bert_ticket_cli.config.schema import RunConfig, TaskConfig
 from bert_ticket_cli.errors import EXIT_PREEMPTED, UserError
 from bert_ticket_cli.workflows.finetune import ticket_label, train_ticket
@@ -32,7 +32,8 @@ def run(cfg: RunConfig) -> int:
         if not (Path(t) / TICKET_JSON).exists():
             raise UserError(f"ticket folder {t} has no ticket.json: pass a tickets/level-NN folder of a prune run")
     many = len(tickets) * len(tasks) > 1
-    name = cfg.run_name or (f"matrix-{cfg.model.name}-s{cfg.seed}" if many else f"{ticket_label(tickets[0])}--{tasks[0]}")
+    name = cfg.run_name or ((f"matrix-{cfg.model.name}-s{cfg.seed}" if many else f"{ticket_label(tickets[0])}--{tasks[0]}")
+                            + f"-{config_hash(cfg)}")
     matrix: dict[str, dict[str, float | None]] = {}
     for tpath in tickets:
         label = ticket_label(tpath)
