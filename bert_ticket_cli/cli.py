@@ -151,6 +151,9 @@ def run_verb(verb: str, overrides: list[str], show_cfg: bool, debug: bool) -> in
             filters = [o for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") not in own]
             overrides = [o for o in overrides if o not in filters]
         cfg = validate(compose(verb, overrides), verb)
+        from bert_ticket_cli.artifacts.records import note_command
+
+        note_command(verb, (["prepare"] if prepare_only else []) + overrides + filters)
         if filters:
             cfg.where = list(cfg.where) + filters
         if show_cfg:

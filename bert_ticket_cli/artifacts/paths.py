@@ -143,13 +143,61 @@ class RunDir:
         return found[-1] if found else None
 
 
+#: Settings that cannot change a run's result: where and how it is stored, resumed and logged,
+#: and where it runs (the global batch is the unit, so processes, devices, DeepSpeed's memory plan
+#: and loader workers give the same training; ``engine.mixed_precision`` does not and counts).
+#: The one list both uses of run identity read: the hash in a default run name
+#: (:func:`run_name`) and the refusal of a run folder whose stored config differs
+#: (``records.config_differences``).  A dotted key covers everything below it.
+NON_IDENTITY_KEYS = (
+    "verb", "output_dir", "run_name", "resume", "overwrite", "cache_dir",
+    "engine.name", "engine.cpu", "engine.deepspeed", "engine.num_workers",
+    "train.log_every", "train.save_every", "train.keep_checkpoints",
+)
+#: Hex digits of the config hash in a default run name.
+IDENTITY_HASH_LEN = 8
+
+
+def is_identity_key(key: str) -> bool:
+    """Whether a dotted config key is part of a run's identity (see :data:`NON_IDENTITY_KEYS`)."""
+    return not any(key == k or key.startswith(k + ".") for k in NON_IDENTITY_KEYS)
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}
+
+
+def config_container(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain dicts (what ``config.yaml`` stores)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def config_hash(cfg: Any) -> str:
+    """A short hash of the settings that define the experiment (everything but
+    :data:`NON_IDENTITY_KEYS`): two configs with the same hash train the same model."""
+    import hashlib
+
+    flat = {k: v for k, v in flatten(config_container(cfg)).items() if is_identity_key(k)}
+    text = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:IDENTITY_HASH_LEN]
+
+
 def run_name(cfg: Any) -> str:
-    """``<task>-<model>[-<method>]-s<seed>`` unless ``run_name`` is set."""
+    """``<task>-<model>[-<method>]-s<seed>-<hash>`` unless ``run_name`` is set (kept as given);
+    the hash (:func:`config_hash`) makes runs of different settings different folders."""
     if cfg.run_name:
         return str(cfg.run_name)
     method = cfg.method.name if hasattr(cfg, "method") else "dense"  # eval has no method
     tag = f"-{method}" if method and method != "dense" else ""
-    return f"{cfg.task.name}-{cfg.model.name}{tag}-s{cfg.seed}"
+    return f"{cfg.task.name}-{cfg.model.name}{tag}-s{cfg.seed}-{config_hash(cfg)}"
 
 
 def run_dir(cfg: Any) -> RunDir:

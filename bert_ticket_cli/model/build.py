@@ -44,6 +44,21 @@ def _wrap_load_error(exc: Exception, source: str, what: str) -> UserError:
     return UserError(f"cannot load {what} '{source}': {first}")
 
 
+def _check_weight_files(path: str) -> None:
+    """Every ``*.safetensors`` of a model folder must be readable (not truncated, not garbage)
+    before transformers opens it: one line instead of its traceback."""
+    from bert_ticket_cli.artifacts.records import check_weights_file
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return
+    for f in sorted(folder.glob("*.safetensors")):
+        why = check_weights_file(f)
+        if why:
+            raise UserError(f"{f} is not a readable safetensors file ({why}): it is truncated or corrupt; "
+                            f"save the model again or point at another model folder")
+
+
 def load_tokenizer(model: ModelConfig, task: TaskConfig):
     """The tokenizer for ``model`` (``synthetic`` = the generated task's word-level one)."""
     name = model.tokenizer or model.name_or_path
@@ -91,11 +106,13 @@ def build_model(model: ModelConfig, *, kind: str, num_labels: int, vocab_size: i
             overrides.setdefault("vocab_size", vocab_size)
         try:
             config = BertConfig(**overrides, **extra)
-        except TypeError as exc:
-            raise UserError(f"bad model.config: {exc}") from None
-        config._attn_implementation = model.attn_implementation
-        return _model_class(kind).from_config(config, attn_implementation=model.attn_implementation)
+            config._attn_implementation = model.attn_implementation
+            return _model_class(kind).from_config(config, attn_implementation=model.attn_implementation)
+        except (TypeError, ValueError) as exc:  # e.g. hidden_size not a multiple of the heads
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"bad model.config: {first}") from None
     _check_source(path, "model")
+    _check_weight_files(path)
     if Path(path).is_dir() and '"bert_ticket_compact"' in (Path(path) / "config.json").read_text():
         from bert_ticket_cli.model.compact import load_compact  # heads / neurons sliced away
 

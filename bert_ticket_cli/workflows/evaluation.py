@@ -12,7 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from bert_ticket_cli.artifacts.paths import append_jsonl, run_dir
-from bert_ticket_cli.artifacts.records import OpenedRun, commit_run, now, print_metrics_table, write_summary
+from bert_ticket_cli.artifacts.records import (
+    OpenedRun, commit_run, note_data, now, print_metrics_table, task_data_fingerprint, write_summary,
+)
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.workflows.context import name_local_model
@@ -76,6 +78,7 @@ def run(cfg: RunConfig) -> int:
         with session.main_process_first():
             data = load_task_data(cfg, tokenizer, train=False, eval_splits=list(cfg.eval.splits) or None,
                                   test=cfg.eval.predict_test)
+        note_data(task_data_fingerprint(data))
         model = build_model(model_cfg, kind=info.kind, num_labels=info.num_labels, source=source)
         model = session.prepare(model)
         commit_run(OpenedRun(rd), cfg, is_main=main)

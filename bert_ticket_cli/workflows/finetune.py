@@ -21,8 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bert_ticket_cli.artifacts.paths import TICKETS_DIR
-from bert_ticket_cli.artifacts.records import print_metrics_table, write_summary
+from bert_ticket_cli.artifacts.paths import TICKETS_DIR, config_hash
+from bert_ticket_cli.artifacts.records import note_data, print_metrics_table, task_data_fingerprint, write_summary
 from bert_ticket_cli.config.schema import MethodConfig, RunConfig
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.workflows.context import command, name_local_model, task_args, use_source_model
@@ -50,7 +50,8 @@ def train_ticket(cfg: RunConfig, *, from_pretrained: bool = False) -> int:
         if use_source_model(cfg, ticket.meta.get("source_model")):
             facts["model_from_ticket"] = True
         if cfg.run_name is None:
-            cfg.run_name = f"{cfg.task.name}-{cfg.model.name}-{cfg.ticket.variant}-{ticket_label(cfg.ticket.path)}-s{cfg.seed}"
+            cfg.run_name = (f"{cfg.task.name}-{cfg.model.name}-{cfg.ticket.variant}-{ticket_label(cfg.ticket.path)}"
+                            f"-s{cfg.seed}-{config_hash(cfg)}")
     elif cfg.method.name != "dense":
         raise UserError(f"rewind trains a ticket (ticket=PATH) or the dense model; method={cfg.method.name} is for "
                         f"'bert-ticket prune'")
@@ -68,6 +69,7 @@ def _train(run: Run, ticket: Any, facts: dict[str, Any], from_pretrained: bool) 
     tokenizer = load_tokenizer(cfg.model, cfg.task)
     with session.main_process_first():
         data = load_task_data(cfg, tokenizer, train=True)
+    note_data(task_data_fingerprint(data))
     spec = TrainSpec(ticket=ticket, resume_from=run.opened.resume_from, save_model_to=run.dir.model)
     if ticket is not None:
         rewind = None if from_pretrained else ticket.meta.get("rewind_weights")

@@ -31,13 +31,13 @@ from typing import Any
 import torch
 
 from bert_ticket_cli.artifacts.paths import RunDir
-from bert_ticket_cli.artifacts.records import print_metrics_table, read_summary, write_summary
+from bert_ticket_cli.artifacts.records import note_data, print_metrics_table, read_summary, write_summary
 from bert_ticket_cli.config.rules import pretrain_durations
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.workflows import earlybert
 from bert_ticket_cli.workflows.context import command, composed_default, name_local_model
 from bert_ticket_cli.workflows.stages import Preempted, Run, run_stages, run_workflow
-from bert_ticket_cli.workflows.training import model_state
+from bert_ticket_cli.workflows.training import check_batch_plan, model_state
 
 
 def prepare_only(cfg: RunConfig) -> int:
@@ -101,8 +101,10 @@ def pretrain(run: Run, budget: Any, given: list[str] = ()) -> int:
     with session.main_process_first():
         path = prepare(cfg, log=print if main else (lambda *a, **k: None), given=given)
     data = open_prepared(path)
+    note_data(data.manifest.get("fingerprint"))
     session.set_seed(cfg.seed)
     model = build_pretrain_model(cfg, data.tokenizer)  # needs the seed: its weights are drawn
+    check_batch_plan(data.train, session)  # before the run folder changes
     run.commit()
     session.wait_for_everyone()
     if cfg.method.name == "earlybert":

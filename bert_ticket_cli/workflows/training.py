@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from bert_ticket_cli.artifacts.paths import RunDir
+from bert_ticket_cli.artifacts.records import note_data, task_data_fingerprint
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.workflows.stages import Preempted
@@ -28,9 +29,19 @@ def load_inputs(cfg: RunConfig, session: Any) -> tuple[Any, Any, torch.nn.Module
     tokenizer = load_tokenizer(cfg.model, cfg.task)
     with session.main_process_first():
         data = load_task_data(cfg, tokenizer, train=True)
+    note_data(task_data_fingerprint(data))
+    check_batch_plan(data.train, session)
     session.set_seed(cfg.seed)
     theta0 = build_model(cfg.model, kind=data.info.kind, num_labels=data.info.num_labels, vocab_size=len(tokenizer))
     return tokenizer, data, theta0
+
+
+def check_batch_plan(train_dataset: Any, session: Any) -> int:
+    """Steps per epoch; a training set smaller than one global batch is a UserError.  Called
+    before the run folder changes (training would find it only after ``commit_run``)."""
+    from bert_ticket_cli.engine.batches import steps_per_epoch
+
+    return steps_per_epoch(len(train_dataset), session.plan.global_batch)
 
 
 def parse_rewind_point(spec: str, steps_per_epoch: int) -> int:
@@ -166,6 +177,7 @@ def train_and_evaluate(cfg: RunConfig, session: Any, data: Any, tokenizer: Any, 
         enforcer.apply_weights()
         all_hooks.insert(0, enforcer)
     evaluator = session.evaluator(data, cfg.eval.batch_size, cfg.task.max_answer_length) if spec.evaluate else None
+    check_batch_plan(data.train, session)  # every check before on_ready: it may change the run folder
     if spec.on_ready is not None:
         spec.on_ready()
     result = session.fit(

@@ -16,7 +16,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from bert_ticket_cli.artifacts.paths import TICKET_JSON, atomic_write_json, run_dir
+from bert_ticket_cli.artifacts.paths import TICKET_JSON, atomic_write_json, config_hash, run_dir
 from bert_ticket_cli.config.schema import RunConfig, TaskConfig
 from bert_ticket_cli.errors import EXIT_PREEMPTED, UserError
 from bert_ticket_cli.workflows.context import model_is_default, name_local_model
@@ -40,7 +40,8 @@ def run(cfg: RunConfig) -> int:
         model_name = (recorded or {}).get("name") or model_name
         if (recorded or {}).get("name") == "local" and recorded.get("name_or_path"):
             model_name = Path(str(recorded["name_or_path"])).name
-    name = cfg.run_name or (f"matrix-{model_name}-s{cfg.seed}" if many else f"{ticket_label(tickets[0])}--{tasks[0]}")
+    name = cfg.run_name or ((f"matrix-{model_name}-s{cfg.seed}" if many else f"{ticket_label(tickets[0])}--{tasks[0]}")
+                            + f"-{config_hash(cfg)}")
     matrix: dict[str, dict[str, float | None]] = {}
     for tpath in tickets:
         label = ticket_label(tpath)

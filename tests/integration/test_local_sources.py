@@ -90,7 +90,8 @@ def _squad_folder(root: Path) -> Path:
 def test_local_model_and_mnli_folder_then_eval_with_leaderboard_files(tmp_path):
     model, data, out = _model_dir(tmp_path), _mnli_folder(tmp_path), tmp_path / "runs"
     r = cli("rewind", "model=local", f"model.name_or_path={model}", "task=mnli", f"task.data_dir={data}",
-            "train.batch_size=16", "train.epochs=2", "train.lr=1e-3", f"output_dir={out}", f"cache_dir={tmp_path}/cache")
+            "train.batch_size=16", "train.epochs=2", "train.lr=1e-3", f"output_dir={out}", f"cache_dir={tmp_path}/cache",
+            "run_name=mnli-local-s42")
     assert r.returncode == 0, r.stderr[-2000:]
     run = out / "rewind" / "mnli-tiny-bert-s42"
     summary = json.loads((run / "summary.json").read_text())
@@ -121,7 +122,7 @@ def test_squad_end_to_end(tmp_path):
     model, data, out = _model_dir(tmp_path), _squad_folder(tmp_path), tmp_path / "runs"
     r = cli("rewind", "model=local", f"model.name_or_path={model}", "task=squad", f"task.data_dir={data}",
             "task.max_seq_length=64", "task.doc_stride=32", "train.batch_size=8", "train.epochs=1",
-            "train.lr=1e-3", f"output_dir={out}", f"cache_dir={tmp_path}/cache")
+            "train.lr=1e-3", f"output_dir={out}", f"cache_dir={tmp_path}/cache", "run_name=squad-local-s42")
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((out / "rewind" / "squad-tiny-bert-s42" / "summary.json").read_text())
     assert set(summary["metrics"]) == {"exact_match", "f1"} and summary["main_metric"] == "f1"

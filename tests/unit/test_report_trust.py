@@ -124,7 +124,7 @@ def test_seeds_of_one_experiment_are_averaged_with_verdicts(tmp_path, capsys):
 
 def test_metric_is_selectable(tmp_path, capsys):
     out = tmp_path / "runs"
-    prune(out, [0.80, 0.82], "method=imp", "seed=1")
+    one = prune(out, [0.80, 0.82], "method=imp", "seed=1").root.name  # default names: <...>-s1-<hash>
     prune(out, [0.82, 0.83], "method=imp", "seed=2")
     rows = tickets_json(capsys, out, "metric=accuracy")  # was a filter on a missing field: nothing
     full = next(r for r in rows if r["method"] == "full model")
@@ -139,14 +139,14 @@ def test_metric_is_selectable(tmp_path, capsys):
 
 def test_unknown_filter_key_exits_2_with_did_you_mean(tmp_path, capsys):
     out = tmp_path / "runs"
-    prune(out, [0.80, 0.82], "method=imp")
+    rd = prune(out, [0.80, 0.82], "method=imp")
     code, text, err = report(capsys, out, "view=tickets", "taks=mrpc")
     assert code == 2 and text == "" and "unknown filter key 'taks'" in err and "did you mean 'task'" in err
     assert len(err.strip().splitlines()) == 1
     code, _, err = report(capsys, out, "veiw=tickets")  # a typo of a report setting
     assert code == 2 and "'view'" in err
     code, text, _ = report(capsys, out, "format=json", "config.train.lr=2e-05", "method=dense")  # nested
-    assert code == 0 and [r["run_name"] for r in json.loads(text)] == ["mrpc-tiny-imp-s42/level-00"]
+    assert code == 0 and [r["run_name"] for r in json.loads(text)] == [f"{rd.root.name}/level-00"]
     empty = tmp_path / "empty"
     empty.mkdir()
     code, text, _ = report(capsys, empty, "taks=mrpc")
@@ -188,7 +188,7 @@ def test_pretrain_and_transfer_are_not_tasks_and_no_empty_plots(tmp_path, capsys
 
 def test_unfinished_and_interrupted_runs_are_listed_never_averaged(tmp_path, capsys):
     out = tmp_path / "runs"
-    prune(out, [0.80, 0.82], "method=imp", "seed=1")
+    one = prune(out, [0.80, 0.82], "method=imp", "seed=1").root.name  # default names: <...>-s1-<hash>
     prune(out, [0.82, 0.83], "method=imp", "seed=2")
     crashed = _cfg("rewind", out, "seed=7")  # config.yaml written, nothing else: unfinished
     write_config(run_dir(crashed), crashed)
@@ -202,11 +202,13 @@ def test_unfinished_and_interrupted_runs_are_listed_never_averaged(tmp_path, cap
     atomic_write_json(ckpt / "trainer_state.json", {"step": 10})
     code, text, _ = report(capsys, out, "format=json")
     status = {r["run_name"]: r["status"] for r in json.loads(text)}
-    assert status["mrpc-tiny-s7"] == "unfinished" and status["mrpc-tiny-imp-s8"] == "interrupted"
-    assert status["mrpc-tiny-imp-s1/level-01"] == "finished"
+    crashed_name, cut_name = run_dir(crashed).root.name, cut_rd.root.name
+    assert crashed_name.startswith("mrpc-tiny-s7-") and cut_name.startswith("mrpc-tiny-imp-s8-")
+    assert status[crashed_name] == "unfinished" and status[cut_name] == "interrupted"
+    assert status[f"{one}/level-01"] == "finished"
     code, text, _ = report(capsys, out)
     assert "interrupted = has a checkpoint" in text and "unfinished = no checkpoint yet" in text
     code, text, _ = report(capsys, out, "status=interrupted", "format=json")
-    assert [r["run_name"] for r in json.loads(text)] == ["mrpc-tiny-imp-s8"]
+    assert [r["run_name"] for r in json.loads(text)] == [cut_name]
     code, text, _ = report(capsys, out, "view=tickets")
     assert "2 interrupted / unfinished run(s) not counted" in text
