@@ -359,7 +359,7 @@ class RunConfig:
     #: Root folder of all runs.
     output_dir: str = "runs"
     #: Run folder name under output_dir/<verb>/ (letters, digits and . _ + = -); None =
-    #: <task>-<model>-s<seed>.
+    #: <task>-<model>[-<method>]-s<seed>-<hash of the settings>.
     run_name: Optional[str] = None
     #: Continue an interrupted run from its last checkpoint.
     resume: bool = False
