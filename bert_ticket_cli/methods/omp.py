@@ -28,8 +28,10 @@ def sparsity_targets(cfg: Any, total: int) -> list[int]:
     return [0] + [int(round(s * total)) for s in chosen_sparsities(cfg.prune.sparsities, cfg.prune.target_sparsity)]
 
 
-class Omp:
-    name = "omp"
+class OneShot:
+    """Every ticket is drawn once level 0 has trained, one per chosen sparsity; a subclass says
+    how (:meth:`masks`)."""
+
     workflow = "lottery"
 
     def targets(self, cfg: Any, total: int) -> list[int]:
@@ -39,7 +41,17 @@ class Omp:
         if level != 0:
             return
         for k, n_rm in enumerate(targets[1:], start=1):
-            yield k, magnitude_masks(trained, current, n_rm, total, cfg.prune.scope)
+            yield k, self.masks(k, n_rm, trained=trained, current=current, shapes=shapes, total=total, cfg=cfg)
+
+    def masks(self, level: int, n_removed: int, *, trained, current, shapes, total, cfg) -> Any:
+        raise NotImplementedError
+
+
+class Omp(OneShot):
+    name = "omp"
+
+    def masks(self, level: int, n_removed: int, *, trained, current, shapes, total, cfg) -> Any:
+        return magnitude_masks(trained, current, n_removed, total, cfg.prune.scope)
 
 
 METHOD = Omp()
