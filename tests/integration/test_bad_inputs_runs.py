@@ -123,7 +123,3 @@ def test_one_error_line_exit_2_and_nothing_lost(finished, tmp_path, case):
     if also is not None:
         assert also()
 
-
-def test_the_catalogue_count():
-    print(f"\n{len(CASES)} bad inputs involving runs on disk")
-    assert len(CASES) == 6
