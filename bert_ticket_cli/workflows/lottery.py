@@ -84,7 +84,7 @@ def find_tickets(run: Run, method: Any) -> int:
             print(f"level {level}/{len(targets) - 1}: sparsity {targets[level] / total:.4f} over {total:,} prunable "
                   f"weights ({'dense' if level == 0 else cfg.method})", flush=True)
         trained = train_and_evaluate(cfg, session, data, tokenizer, lrd, TrainSpec(
-            init_state=init, masks=masks, resume_from=resume, hooks=hooks))
+            init_state=init, masks=masks, resume_from=resume, hooks=hooks, label=f"level {level}/{len(targets) - 1}"))
         model = session.unwrap_model(trained.result.model)
         if not cfg.prune.reset_head:  # only then is the trained head carried to the next level
             base = getattr(model, "base_model_prefix", "bert") + "."
