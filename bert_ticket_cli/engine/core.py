@@ -132,7 +132,7 @@ def _sha256(path: Path) -> str:
 
 def _checkpoint_files(folder: Path) -> dict[str, Path]:
     return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != MANIFEST}
+            if p.is_file() and p != folder / MANIFEST}
 
 
 def write_manifest(folder: Path, rid: str) -> None:
