@@ -47,6 +47,8 @@ class _LoadReportFilter(logging.Filter):
             cells = [c.strip() for c in line.split("|")]
             if len(cells) >= 2 and cells[1] in ("MISSING", "UNEXPECTED", "MISMATCH", "CONVERSION"):
                 found.setdefault(cells[1], []).append(cells[0])
+        if not found:  # a report format we do not know: print it as transformers wrote it
+            return True
         odd = [k for k in found.get("MISSING", []) if not k.startswith(_EXPECTED_LOAD_KEYS)]
         if not odd and not found.get("MISMATCH") and not found.get("CONVERSION"):
             return False
