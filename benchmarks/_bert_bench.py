@@ -192,7 +192,7 @@ def fit_sandbox(prefix: str) -> Iterator[RunDir]:
     """
     from bert_ticket_cli.artifacts.paths import RunDir
 
-    saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
     try:
         with tempfile.TemporaryDirectory(prefix=prefix) as tmp, contextlib.redirect_stdout(io.StringIO()):
             yield RunDir(Path(tmp) / "run")

@@ -231,6 +231,18 @@ def _main(
 
 
 def main() -> None:
+    # Stop signals first, before the heavy imports: a requeue signal (Slurm's USR1 before the
+    # time limit, a pre-emption's TERM) that arrives while Python imports torch must not kill
+    # the process (it died of the signal, exit 138, and the job was not requeued).  The flag
+    # it sets is honoured by the run (exit 75, nothing half-written): engine/signals.py.
+    from bert_ticket_cli.engine import signals
+    from bert_ticket_cli.errors import EXIT_PREEMPTED
+
+    try:
+        signals.install()
+    except ValueError as exc:  # a bad BERT_TICKET_STOP_SIGNALS
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     # Idle OpenMP threads sleep instead of spinning: on a loaded or shared CPU node, spinning
     # threads starve the one doing the work (measured: 2 threads 4-20x slower than 1 under
     # load).  libgomp reads this once, so it is set before torch is imported.
@@ -241,6 +253,13 @@ def main() -> None:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    if code == 0 and signals.requested() is not None:
+        # The work ended after a stop signal arrived (e.g. during the last evaluation or while
+        # the record was written): still "requeue me", so a signal always means exit 75; the
+        # requeued run (resume=true) reports the run finished.
+        print(f"stop signal {signals.name(signals.requested())} received: exit {EXIT_PREEMPTED} "
+              f"(the run's work is done; resume=true reports it finished)", file=sys.stderr, flush=True)
+        code = EXIT_PREEMPTED
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun, a DDP reducer destroyed at interpreter exit after its gloo process
         # group can hang (seen 2 runs in 12).  Everything is written and closed by now (records

@@ -65,7 +65,7 @@ def _cli_in_process(args: list[str], env: dict[str, str], cwd: Path | None) -> s
     if int(env.get("WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))) > 1:
         raise ValueError("WORLD_SIZE > 1 makes main() leave with os._exit: pass process=True")
     saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
-    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)}
     saved_logging = _logging_state()
     saved_torch = _torch_state()
     os.environ.pop("BERT_TICKET_FAULT_AT_STEP", None)
@@ -201,6 +201,11 @@ def _reset_process_state(env, argv, cwd, signals, logging_state, torch_state) ->
     os.environ.update(env)  # LOCAL_RANK, RANK, DS_ACCELERATOR, DISABLE_TQDM, ... set by the run
     for sig, handler in signals.items():
         signal.signal(sig, handler)
+    if "bert_ticket_cli.engine.signals" in sys.modules:  # a process's stop flag lives as long as it does
+        from bert_ticket_cli.engine import signals as stop
+
+        stop.clear()
+        stop._FAULT["seen"] = 0
     for name, lg in [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()]:
         if isinstance(lg, logging.Logger) and name in logging_state:
             lg.level, lg.propagate, lg.disabled = logging_state[name]

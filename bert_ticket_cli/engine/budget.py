@@ -206,13 +206,22 @@ def fit_budget(
     many = accelerator.num_processes > 1
     steps_clock = budget.clock == "steps"
     total = int(budget.max_steps) if steps_clock else max(1, int(math.ceil(budget.seconds)))
+    where = "" if label == "pretrain" else f"{label}  "
     progress = Progress(total, state.step if steps_clock else int(state.elapsed_s), enabled=core.main,
                         description=label)
     if resume_from is not None:
-        progress.line(f"resumed from {resume_from} at step {state.step}, {state.elapsed_s:.1f}s of the budget used")
-    core.start(state, progress)
-    log_loss, log_steps = 0.0, 0
-    preempted, lr = False, 0.0
+        progress.line(f"{where}resumed from {resume_from} at step {state.step}, "
+                      f"{state.elapsed_s:.1f}s of the budget used")
+    # The log interval's accumulator is this driver's (per-step agreed means): it is what a
+    # checkpoint carries, and the core's per-step sums start empty.
+    log_loss, log_steps = state.loss_sum, state.loss_n
+    core.reset_loss()
+
+    def stash_loss(st: TrainState) -> None:
+        st.loss_sum, st.loss_n = log_loss, log_steps
+
+    core.stash_loss = stash_loss
+    preempted, lr = core.start(state, progress), 0.0  # a stop signal already pending: stop before the first step
     over = state.step >= budget.max_steps if steps_clock else budget.progress(state.step, state.elapsed_s) >= 1.0
     stop_reason = ("max_steps" if steps_clock else "budget") if over else None
 
@@ -225,7 +234,7 @@ def fit_budget(
     def order(epoch: int) -> ChunkedOrder:
         return ChunkedOrder(len(train_dataset), seed=seed, epoch=epoch, chunk=shuffle_chunk)
 
-    for _ in () if stop_reason else core.steps(state, order, on_step_start=set_lr):
+    for _ in () if stop_reason or preempted else core.steps(state, order, on_step_start=set_lr):
         scale = loss_scale(accelerator, core.model)
         loss_value, nonfinite, stop_signal = _agree(core, state)
         if nonfinite or not math.isfinite(loss_value) or (scale is not None and scale < budget.min_loss_scale):
@@ -240,19 +249,22 @@ def fit_budget(
             record = {"event": "train", "step": state.step, "loss": log_loss / log_steps, "lr": lr,
                       "elapsed_s": round(state.elapsed_s, 3), "tokens": state.tokens,
                       "tokens_per_s": round(core.tokens_session / session, 1) if session > 0 else None}
-            where = (f"step {state.step}/{budget.max_steps}  {state.elapsed_s / 60:.1f} min" if steps_clock else
-                     f"step {state.step}  {state.elapsed_s / 60:.1f}/{budget.seconds / 60:.1f} min")
-            core.log(record, f"{where}  loss {record['loss']:.4f}  lr {lr:.3g}  "
+            pos = (f"step {state.step}/{budget.max_steps}  {state.elapsed_s / 60:.1f} min" if steps_clock else
+                   f"step {state.step}  {state.elapsed_s / 60:.1f}/{budget.seconds / 60:.1f} min")
+            core.log(record, f"{where}{pos}  loss {record['loss']:.4f}  lr {lr:.3g}  "
                              f"{record['tokens_per_s'] or 0:.0f} tok/s")
+            progress.advance(state.step if steps_clock else min(total, int(state.elapsed_s)),
+                             f"loss {record['loss']:.4f}")
             log_loss, log_steps = 0.0, 0
-        progress.advance(state.step if steps_clock else min(total, int(state.elapsed_s)))
+        else:
+            progress.advance(state.step if steps_clock else min(total, int(state.elapsed_s)))
 
         if evaluate is not None and (
             last
             or (budget.eval_every_steps and state.step % budget.eval_every_steps == 0)
             or (budget.eval_every_s and state.elapsed_s - state.last_eval_s >= budget.eval_every_s)
         ):
-            metrics = core.eval_record(state, f"eval  step {state.step}  ")
+            metrics = core.eval_record(state, f"{where}eval  step {state.step}  ")
             after = budget.early_stop_after_s
             if (not last and budget.early_stop_loss is not None and after is not None
                     and state.elapsed_s >= after and metrics.get("mlm_loss", -math.inf) > budget.early_stop_loss):

@@ -53,6 +53,13 @@ class TrainState:
     last_save_s: float = 0.0
     scheduler: dict[str, Any] = field(default_factory=dict)  # the epoch loop's LambdaLR
     evals: list[dict[str, Any]] = field(default_factory=list)
+    # The loss accumulated since the last log line (rank mean of the sums, and its count), so a
+    # resumed run logs the same mean as an uninterrupted one.
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    # metrics.jsonl's length when the checkpoint was written: a resume truncates it to this,
+    # so lines logged after the checkpoint are not there twice (-1: not recorded).
+    metrics_bytes: int = -1
 
 
 @dataclass
@@ -91,8 +98,89 @@ def make_optimizer(model: torch.nn.Module, train: TrainConfig, *, deepspeed: boo
     return torch.optim.AdamW(groups, foreach=None, **kwargs)
 
 
+#: In every checkpoint: the sha256 of each of its files and the id of the run that wrote it.
+MANIFEST = "manifest.json"
+#: In the (sub-)run folder: the id its checkpoints carry (written with the first checkpoint).
+RUN_ID_FILE = "run_id"
+
+
+def run_id(run: RunDir, *, create: bool = False) -> str | None:
+    """The run folder's id (a random hex string); ``create`` writes one if there is none."""
+    path = run.root / RUN_ID_FILE
+    if path.exists():
+        return path.read_text().strip()
+    if not create:
+        return None
+    import uuid
+
+    from bert_ticket_cli.artifacts.paths import atomic_write_text
+
+    value = uuid.uuid4().hex
+    atomic_write_text(path, value + "\n")
+    return value
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checkpoint_files(folder: Path) -> dict[str, Path]:
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+            if p.is_file() and p != folder / MANIFEST}
+
+
+def write_manifest(folder: Path, rid: str) -> None:
+    """``manifest.json``: the run id and the sha256 of every other file of the checkpoint."""
+    files = {name: _sha256(p) for name, p in _checkpoint_files(folder).items()}
+    atomic_write_json(folder / MANIFEST, {"run_id": rid, "sha256": files})
+
+
+def verify_checkpoint(run: RunDir, path: Path) -> None:
+    """Refuse (``UserError``) a checkpoint this run did not write or whose files changed.
+
+    Resuming loads the optimizer and RNG states; DeepSpeed's loader unpickles them
+    (``weights_only=False``), so a checkpoint is checked before anything of it is read: its
+    manifest names this run folder's id, and every file is there with its sha256, none more.
+    """
+    from bert_ticket_cli.errors import UserError
+
+    manifest_path = path / MANIFEST
+    fix = "resume from a checkpoint this run wrote, or start again with overwrite=true"
+    if not manifest_path.is_file():
+        raise UserError(f"checkpoint {path} has no {MANIFEST}: it was not written by this run "
+                        f"(or by an older bert-ticket); {fix}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        claimed, sums = str(manifest["run_id"]), dict(manifest["sha256"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"checkpoint {path}: {MANIFEST} is unreadable; {fix}") from None
+    if claimed != run_id(run):
+        raise UserError(f"checkpoint {path} was written by another run (run id {claimed[:12]}, this run's "
+                        f"{(run_id(run) or 'none')[:12]}): refusing to load it; {fix}")
+    files = _checkpoint_files(path)
+    changed = sorted(set(files) ^ set(sums)) or sorted(n for n, p in files.items() if _sha256(p) != sums[n])
+    if changed:
+        raise UserError(f"checkpoint {path} changed since it was written ({', '.join(changed[:3])}"
+                        f"{' ...' if len(changed) > 3 else ''} added, missing or modified): refusing to load it; {fix}")
+
+
+def truncate_metrics(run: RunDir, length: int) -> None:
+    """Cut ``metrics.jsonl`` back to ``length`` bytes (its size at the checkpoint): the lines
+    logged after it are logged again by the resumed run."""
+    path = run.metrics
+    if length >= 0 and path.exists() and path.stat().st_size > length:
+        with open(path, "r+b") as f:
+            f.truncate(length)
+
+
 def save_checkpoint(accelerator, run: RunDir, state: TrainState, keep: int, scheduler=None) -> None:
-    """Accelerate state into a temporary folder, our JSON state last, then one rename.
+    """Accelerate state into a temporary folder, our JSON state and the manifest last, then one rename.
 
     A folder without ``trainer_state.json`` is never taken for a checkpoint, so a crash in the
     middle leaves the previous checkpoint in charge.  A ``scheduler``'s state goes into ``state``.
@@ -115,7 +203,9 @@ def save_checkpoint(accelerator, run: RunDir, state: TrainState, keep: int, sche
     if accelerator.is_main_process:
         if scheduler is not None:
             state.scheduler = scheduler.state_dict()
+        state.metrics_bytes = run.metrics.stat().st_size if run.metrics.exists() else 0
         atomic_write_json(tmp / TRAINER_STATE, asdict(state))
+        write_manifest(tmp, run_id(run, create=True))
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -131,12 +221,19 @@ def checkpoint_step(checkpoint) -> int:
     return int(json.loads((checkpoint / TRAINER_STATE).read_text())["step"])
 
 
-def load_checkpoint(accelerator, path: Path, scheduler=None) -> TrainState:
-    """Both loops' checkpoints (a field one loop does not write keeps its default)."""
+def load_checkpoint(accelerator, path: Path, scheduler=None, run: RunDir | None = None) -> TrainState:
+    """Both loops' checkpoints (a field one loop does not write keeps its default).  With
+    ``run`` (the folder the checkpoint belongs to): verified first (:func:`verify_checkpoint`),
+    and its ``metrics.jsonl`` cut back to the checkpoint."""
+    path = Path(path)
+    if run is not None:
+        verify_checkpoint(run, path)
     accelerator.load_state(str(path))
     state = TrainState(**json.loads((path / TRAINER_STATE).read_text()))
     if scheduler is not None:
         scheduler.load_state_dict(state.scheduler)
+    if run is not None and accelerator.is_main_process:
+        truncate_metrics(run, state.metrics_bytes)
     return state
 
 
@@ -156,6 +253,11 @@ def save_model(accelerator, model: torch.nn.Module, tokenizer, dest) -> None:
             shutil.rmtree(dest)
         tmp.rename(dest)
     accelerator.wait_for_everyone()
+
+
+def _hms(seconds: float) -> str:
+    s = int(max(0.0, seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 #: With several processes, ranks agree on a stop every this many steps (an all-reduce is a
@@ -197,15 +299,41 @@ class StepCore:
         self.steps_session, self.tokens_session = 0, 0
 
     def resume(self, path: Path | None, scheduler=None) -> TrainState:
-        return TrainState() if path is None else load_checkpoint(self.accelerator, path, scheduler)
+        if path is None:
+            return TrainState()
+        state = load_checkpoint(self.accelerator, path, scheduler, run=self.run)
+        self.loss_sum.fill_(state.loss_sum)
+        self.loss_n = state.loss_n
+        return state
 
-    def start(self, state: TrainState, progress: Progress) -> None:
-        """Signals armed, the clock running from ``state.elapsed_s``."""
+    def start(self, state: TrainState, progress: Progress) -> bool:
+        """Signals armed (a pending request is kept), the clock running from ``state.elapsed_s``.
+        Returns True when a stop signal is already pending (on any rank): the driver stops
+        before the first step, with nothing new to save."""
         self.progress = progress
         signals.install()
         self.model.train()
         self.t_start = time.perf_counter() - state.elapsed_s
         self.t_session = time.perf_counter()
+        self.step_start = state.step
+        flag = signals.requested() is not None
+        if self.accelerator.num_processes > 1:
+            t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+            flag = bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
+        if flag:
+            progress.line(f"stop signal before step {state.step + 1}: stopped (the last checkpoint stays in "
+                          f"charge); resume with resume=true")
+        return flag
+
+    def pace(self, state: TrainState, total: int, unit: str = "ex") -> str:
+        """``ex/s 12.3  elapsed 0:01:02  eta 0:03:10`` for plain log lines: this session's
+        throughput and the time left at it."""
+        session = self.session_s()
+        done = state.step - self.step_start
+        rate = done * self.plan.global_batch / session if session > 0 else 0.0
+        eta = (total - state.step) * session / done if done > 0 else None
+        return (f"{rate:.1f} {unit}/s  elapsed {_hms(self.elapsed())}"
+                + (f"  eta {_hms(eta)}" if eta is not None else ""))
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t_start
@@ -295,7 +423,17 @@ class StepCore:
         return metrics
 
     def save(self, state: TrainState, scheduler=None) -> None:
+        self.stash_loss(state)
         save_checkpoint(self.accelerator, self.run, state, self.train.keep_checkpoints, scheduler)
+
+    def stash_loss(self, state: TrainState) -> None:
+        """Put the loss accumulated since the last log line into ``state`` (the rank mean of the
+        sums: every rank restores it, so the next logged mean is the uninterrupted one).  A
+        driver with its own accumulator replaces this."""
+        total = self.loss_sum
+        if self.accelerator.num_processes > 1:
+            total = self.accelerator.reduce(total.clone(), reduction="mean")
+        state.loss_sum, state.loss_n = float(total.item()), self.loss_n
 
     def stop_requested(self, step: int, agreed: bool | None = None) -> bool:
         """All ranks agree: stop if any rank got the signal (``agreed``: a driver's own gather)."""

@@ -32,8 +32,44 @@ class Evaluable(Protocol):
                       max_answer_length: int = 30) -> dict[str, float]: ...
 
 
+class EvalProgress:
+    """Progress of one evaluation on the main process: a transient bar on a terminal, a plain
+    ``eval <split> n/N batches`` line every ``every_s`` seconds elsewhere (Slurm logs), so a long
+    evaluation is not mistaken for a hang; short ones print nothing."""
+
+    def __init__(self, split: str, total: int, *, enabled: bool, every_s: float = 10.0):
+        import sys
+        import time
+
+        self.split, self.total, self.every_s = split, total, every_s
+        self.enabled, self._clock = enabled, time.perf_counter
+        self._last = self._clock()
+        self._bar = None
+        if enabled and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._bar = Progress(TextColumn(f"eval {split}"), BarColumn(), MofNCompleteColumn(), transient=True)
+            self._task = self._bar.add_task("eval", total=total)
+            self._bar.start()
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done)
+        elif self._clock() - self._last >= self.every_s and done < self.total:
+            self._last = self._clock()
+            print(f"eval {self.split} {done}/{self.total} batches", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
 @torch.no_grad()
-def predict(accelerator, model: torch.nn.Module, dataset, collate: Callable, batch_size: int) -> dict[str, np.ndarray]:
+def predict(accelerator, model: torch.nn.Module, dataset, collate: Callable, batch_size: int,
+            split: str = "dev") -> dict[str, np.ndarray]:
     """Model outputs for every row of ``dataset``, in order: logits, or start/end logits for QA.
 
     Masked language modelling (a collator with ``keeps_labels``): the labels stay in the batch
@@ -50,7 +86,8 @@ def predict(accelerator, model: torch.nn.Module, dataset, collate: Callable, bat
     was_training = model.training
     model.eval()
     outs: dict[str, list[np.ndarray]] = {}
-    for batch in loader:
+    progress = EvalProgress(split, len(loader), enabled=accelerator.is_main_process)
+    for done, batch in enumerate(loader, start=1):
         labels = batch.get("labels") if keep_labels else None
         batch = {k: v for k, v in batch.items() if k not in _NON_MODEL_COLUMNS}
         with accelerator.autocast():
@@ -64,6 +101,8 @@ def predict(accelerator, model: torch.nn.Module, dataset, collate: Callable, bat
         for k, v in pairs.items():
             v = accelerator.gather_for_metrics((v if v.dtype == torch.int64 else v.float()).contiguous())
             outs.setdefault(k, []).append(v.cpu().numpy())
+        progress.update(done)
+    progress.close()
     if was_training:
         model.train()
     return {k: np.concatenate(v) for k, v in outs.items()}
@@ -77,7 +116,7 @@ def make_evaluator(accelerator, data: Evaluable, batch_size: int,
         metrics: dict[str, float] = {}
         several = len(data.evals) > 1
         for split, ds in data.evals.items():
-            out = predict(accelerator, model, ds, data.collate, batch_size)
+            out = predict(accelerator, model, ds, data.collate, batch_size, split=split)
             for k, v in data.split_metrics(split, out, max_answer_length=max_answer_length).items():
                 metrics[f"{split}/{k}" if several else k] = float(v)
         return metrics

@@ -57,9 +57,11 @@ def fit(
     hooks: list[StepHooks] = (),
     num_workers: int = 0,
     penalty: Callable[[], torch.Tensor] | None = None,
+    label: str | None = None,
 ) -> TrainResult:
     """Train ``model``; ``penalty()`` (e.g. EarlyBERT's L1 on its coefficients) is added to
-    every micro-batch's loss (scaled for accumulation like it); logged losses are the task's."""
+    every micro-batch's loss (scaled for accumulation like it); logged losses are the task's.
+    ``label`` (``level 2/9``, ``stage compact``) prefixes the log lines and names the bar."""
     per_epoch = steps_per_epoch(len(train_dataset), plan.global_batch)
     n_steps = total_steps(train, per_epoch)
     core = StepCore(accelerator=accelerator, model=model, train_dataset=train_dataset, collate=collate, train=train,
@@ -68,16 +70,16 @@ def fit(
     # Our own schedule stepping: Accelerate's wrapper would step it once per process.
     scheduler = make_schedule(core.optimizer, train, n_steps)
     state = core.resume(resume_from, scheduler)
-    progress = Progress(n_steps, state.step, enabled=core.main)
+    where = f"{label}  " if label else ""
+    progress = Progress(n_steps, state.step, enabled=core.main, description=label or "train")
     if resume_from is not None:
-        progress.line(f"resumed from {resume_from} at step {state.step}/{n_steps}")
-    core.start(state, progress)
-    preempted = False
+        progress.line(f"{where}resumed from {resume_from} at step {state.step}/{n_steps}")
+    preempted = core.start(state, progress)  # a stop signal already pending: stop before the first step
 
     def order(epoch: int):
         return epoch_order(len(train_dataset), seed, epoch)
 
-    for _ in () if state.step >= n_steps else core.steps(state, order):
+    for _ in () if state.step >= n_steps or preempted else core.steps(state, order):
         if not accelerator.optimizer_step_was_skipped:
             scheduler.step()
         state.elapsed_s = core.elapsed()
@@ -95,14 +97,17 @@ def fit(
                 )
             core.log({"event": "train", "step": state.step, "epoch": state.epoch + state.step_in_epoch / per_epoch,
                       "loss": mean_loss, "lr": lr, "elapsed_s": round(state.elapsed_s, 3)},
-                     f"step {state.step}/{n_steps}  loss {mean_loss:.4f}  lr {lr:.3g}")
-        progress.advance(state.step)
+                     f"{where}step {state.step}/{n_steps}  loss {mean_loss:.4f}  lr {lr:.3g}  "
+                     f"{core.pace(state, n_steps)}")
+            progress.advance(state.step, f"loss {mean_loss:.4f}")
+        else:
+            progress.advance(state.step)
 
         end_of_epoch = state.step_in_epoch >= per_epoch
         if evaluate is not None and (
             (train.eval_every and state.step % train.eval_every == 0) or (not train.eval_every and end_of_epoch) or last
         ):
-            core.eval_record(state)
+            core.eval_record(state, f"{where}eval  step {state.step}  ")
         if end_of_epoch:  # before a checkpoint, so it resumes at the next epoch's start
             state.epoch += 1
             state.step_in_epoch = 0

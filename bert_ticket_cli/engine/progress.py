@@ -29,9 +29,13 @@ class Progress:
             self._task = self._bar.add_task(description, total=total, completed=start, info="")
             self._bar.start()
 
-    def advance(self, step: int, info: str = "") -> None:
+    def advance(self, step: int, info: str | None = None) -> None:
+        """Move the bar to ``step``; ``info`` (e.g. ``loss 0.4321``) replaces the text after it."""
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, info=info)
+            if info is None:
+                self._bar.update(self._task, completed=step)
+            else:
+                self._bar.update(self._task, completed=step, info=info)
 
     def line(self, text: str) -> None:
         """A log line: above the bar on a terminal, a plain flushed line elsewhere."""

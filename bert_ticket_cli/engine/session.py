@@ -16,6 +16,12 @@ from typing import Any, Callable, Iterator
 from bert_ticket_cli.engine.setup import BatchPlan
 
 
+def signal_default() -> int:
+    import signal
+
+    return int(signal.SIGTERM)  # another rank got the signal; this one reports TERM
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (every device) in this process."""
     from accelerate.utils import set_seed as _set_seed
@@ -47,6 +53,37 @@ class Session:
     def device(self) -> Any:
         return self.accelerator.device
 
+    @property
+    def mixed_precision(self) -> str:
+        """The precision the accelerator actually uses (``no``, ``bf16``, ``fp16``): what records carry."""
+        return str(getattr(self.accelerator, "mixed_precision", "no") or "no")
+
+    def facts(self) -> dict[str, Any]:
+        """What actually ran, for the records: device type, mixed precision, distributed type, processes."""
+        return {"device": self.device.type, "mixed_precision": self.mixed_precision,
+                "distributed_type": self.distributed_type, "world_size": self.num_processes}
+
+    def stop_requested(self) -> bool:
+        """A stop signal is pending on any process (a collective: every rank calls it at the
+        same point; one process asks its own flag)."""
+        from bert_ticket_cli.engine import signals
+
+        flag = signals.requested() is not None
+        if self.num_processes > 1:
+            import torch
+
+            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            flag = bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
+        return flag
+
+    def check_stop(self, where: str) -> None:
+        """Raise ``signals.StopRequested`` (the run exits 75) if a stop signal is pending on any
+        process; called where nothing is half-written (see ``workflows/stages.py``)."""
+        from bert_ticket_cli.engine import signals
+
+        if self.stop_requested():
+            raise signals.StopRequested(signals.requested() or signal_default(), where)
+
     def wait_for_everyone(self) -> None:
         self.accelerator.wait_for_everyone()
 
@@ -64,7 +101,8 @@ class Session:
     def describe(self) -> str:
         """``N process(es) [type, device], batch G = m x w x a``."""
         p = self.plan
-        return (f"{self.num_processes} process(es) [{self.distributed_type}, {self.device.type}], "
+        mixed = "" if self.mixed_precision == "no" else f", {self.mixed_precision}"
+        return (f"{self.num_processes} process(es) [{self.distributed_type}, {self.device.type}{mixed}], "
                 f"batch {p.global_batch} = {p.micro_batch} x {p.world_size} x {p.accumulation}")
 
     def shutdown(self) -> None:
@@ -74,11 +112,13 @@ class Session:
 
     # ---- the engine's work, on this session's processes ----
 
-    def fit(self, **kwargs: Any) -> Any:
-        """:func:`bert_ticket_cli.engine.loop.fit` (the epoch schedule)."""
+    def fit(self, *, label: str | None = None, **kwargs: Any) -> Any:
+        """:func:`bert_ticket_cli.engine.loop.fit` (the epoch schedule); ``label`` is the
+        training's place in a multi-stage run (``level 2/9``, ``stage compact``), shown on
+        its log lines and bar."""
         from bert_ticket_cli.engine.loop import fit
 
-        return fit(accelerator=self.accelerator, plan=self.plan, **kwargs)
+        return fit(accelerator=self.accelerator, plan=self.plan, label=label, **kwargs)
 
     def fit_budget(self, **kwargs: Any) -> Any:
         """:func:`bert_ticket_cli.engine.budget.fit_budget` (the clock schedule)."""
@@ -97,10 +137,10 @@ class Session:
 
         return mlm_validation(self.accelerator, model, dataset, collate, batch_size, max_samples)
 
-    def predict(self, model: Any, dataset: Any, collate: Callable, batch_size: int) -> dict[str, Any]:
+    def predict(self, model: Any, dataset: Any, collate: Callable, batch_size: int, split: str = "test") -> dict[str, Any]:
         from bert_ticket_cli.engine.evaluate import predict
 
-        return predict(self.accelerator, model, dataset, collate, batch_size)
+        return predict(self.accelerator, model, dataset, collate, batch_size, split=split)
 
     def prepare(self, model: Any) -> Any:
         """Place ``model`` on this session's device(s) (evaluation: no optimizer)."""

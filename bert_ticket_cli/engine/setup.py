@@ -16,6 +16,10 @@ from bert_ticket_cli.config.schema import EngineConfig, TrainConfig
 from bert_ticket_cli.errors import UserError
 
 
+#: Engines that name GPUs: refused on a machine without CUDA (``make_accelerator``).
+GPU_ENGINES = ("gpu", "ddp")
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     global_batch: int
@@ -58,8 +62,16 @@ def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan):
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 
-    use_cpu = engine.cpu or not torch.cuda.is_available()
+    cuda = torch.cuda.is_available()
+    use_cpu = engine.cpu or not cuda
     mixed = engine.mixed_precision
+    if not cuda and not engine.cpu and engine.deepspeed is None and (engine.name in GPU_ENGINES or mixed != "no"):
+        # Accelerate would quietly run on the CPU (and the record would say gpu / bf16): a GPU
+        # engine without a GPU is a mistake (a CPU node, a hidden device), not a fallback.
+        # DeepSpeed engines are valid on CPU (gloo, below); fp16 there is refused below.
+        what = f"engine={engine.name}" if engine.name in GPU_ENGINES else \
+            f"engine={engine.name} with engine.cpu=false and mixed_precision={mixed}"
+        raise UserError(f"{what} needs a CUDA device, none found: use engine=cpu")
     if mixed == "fp16" and use_cpu:
         raise UserError("engine.mixed_precision=fp16 needs a CUDA GPU: use bf16 (or no) on CPU")
     kwargs: dict[str, Any] = {}

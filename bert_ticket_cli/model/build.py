@@ -8,12 +8,57 @@ directory, hub unreachable offline) become one-line :class:`UserError` s.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from bert_ticket_cli.config.schema import ModelConfig, TaskConfig
 from bert_ticket_cli.errors import UserError
+
+
+#: Keys a task model legitimately lacks in a pre-trained checkpoint (its new head) or does not
+#: use (another head): transformers' LOAD REPORT of only these is expected and not printed.
+_EXPECTED_LOAD_KEYS = ("classifier.", "qa_outputs.", "cls.", "pooler.", "bert.pooler.", "lm_head.")
+
+
+class _LoadReportFilter(logging.Filter):
+    """transformers 5 logs a multi-line "LOAD REPORT" table (with raw colour codes) as a warning
+    from ``from_pretrained`` whenever keys are missing or unused, i.e. at every task-model load
+    from a pre-trained encoder: about half of a 2-level IMP log.  Loading errors are raised by
+    transformers, not logged, so nothing real is hidden here: an expected report (only a new or
+    unused head) is dropped; anything else becomes one plain line (missing encoder weights,
+    shape mismatches)."""
+
+    _ansi = re.compile(r"\x1b\[[0-9;]*m")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001  (never break logging)
+            return True
+        if "LOAD REPORT" not in msg:
+            return True
+        plain = self._ansi.sub("", msg)
+        source = plain.split("from:", 1)[1].splitlines()[0].strip() if "from:" in plain else "?"
+        found: dict[str, list[str]] = {}
+        for line in plain.splitlines():
+            cells = [c.strip() for c in line.split("|")]
+            if len(cells) >= 2 and cells[1] in ("MISSING", "UNEXPECTED", "MISMATCH", "CONVERSION"):
+                found.setdefault(cells[1], []).append(cells[0])
+        if not found:  # a report format we do not know: print it as transformers wrote it
+            return True
+        odd = [k for k in found.get("MISSING", []) if not k.startswith(_EXPECTED_LOAD_KEYS)]
+        if not odd and not found.get("MISMATCH") and not found.get("CONVERSION"):
+            return False
+        parts = [f"{status.lower()} {len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                 for status, keys in found.items()]
+        record.msg, record.args = f"loading {source}: " + "; ".join(parts), ()
+        return True
+
+
+logging.getLogger("transformers.modeling_utils").addFilter(_LoadReportFilter())
 
 
 def _offline() -> bool:

@@ -94,7 +94,7 @@ def find_ticket(run: Run, method: Any) -> int:
                 return [holder["search"]], penalty
 
             trained = train_and_evaluate(search_cfg, session, data, tokenizer, srd, TrainSpec(
-                init_state=init, resume_from=resume, prepare=prepare, evaluate=False))
+                init_state=init, resume_from=resume, prepare=prepare, evaluate=False, label="stage search"))
             search = holder["search"]
             heads, neurons = search.finish()
             if main:
@@ -107,7 +107,7 @@ def find_ticket(run: Run, method: Any) -> int:
                 structure = (ticket.heads, ticket.neurons)
             trained = train_and_evaluate(cfg, session, data, tokenizer, srd, TrainSpec(
                 init_state=init, resume_from=resume, structure=structure,
-                save_model_to=srd.model if stage == "compact" else None))
+                save_model_to=srd.model if stage == "compact" else None, label=f"stage {stage}"))
             extra.update(params=trained.n_params)
             if stage == "compact":
                 extra["model_dir"] = str(srd.model.resolve())

@@ -94,7 +94,7 @@ def find_tickets(run: Run, method: Any) -> int:
                 for line in nearly_whole_warnings(ticket.per_matrix_sparsity()):
                     print(line, flush=True)
         trained = train_and_evaluate(cfg, session, data, tokenizer, lrd, TrainSpec(
-            init_state=init, masks=masks, resume_from=resume, hooks=hooks))
+            init_state=init, masks=masks, resume_from=resume, hooks=hooks, label=f"level {level}/{len(targets) - 1}"))
         model = session.unwrap_model(trained.result.model)
         if not cfg.prune.reset_head:  # only then is the trained head carried to the next level
             base = getattr(model, "base_model_prefix", "bert") + "."

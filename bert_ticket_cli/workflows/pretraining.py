@@ -176,7 +176,7 @@ def pretrain_earlybert(run: Run, data: Any, theta0: torch.nn.Module, budget: Any
             if budget.clock == "wall":  # what the search left of the budget
                 stage_budget.seconds = max(1.0, budget.seconds - records["search"]["elapsed_s"])
         return train_and_record(run, srd, data, model, stage_budget, resume=resume, save_to=save_to, hooks=hooks,
-                                penalty=penalty, extra=extra, label=stage, finish=finish)
+                                penalty=penalty, extra=extra, label=f"stage {stage}", finish=finish)
 
     run_stages(run, earlybert.stage_dirs(run), train_stage, records)
     if main:
@@ -227,8 +227,7 @@ def train_and_record(run: Run, rd: RunDir, data: Any, model: torch.nn.Module, bu
         "train_time_s": round(result.train_time_s, 3), "eval_time_s": round(s.eval_s, 3), "steps": s.step,
         "tokens": s.tokens, "tokens_per_s": round(result.tokens_per_s, 1), "stop_reason": result.stop_reason,
         "model_params": n_params, "params": n_params, "data_dir": str(data.path),
-        "world_size": session.num_processes, "distributed_type": session.distributed_type,
-        "mixed_precision": cfg.engine.mixed_precision,
+        **session.facts(),  # what actually ran: device, mixed precision, distributed type, processes
     }
     if save_to is not None:
         facts["model_dir"] = str(save_to.resolve())

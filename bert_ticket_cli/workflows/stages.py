@@ -4,7 +4,11 @@ The preamble (:func:`run_workflow`): start the engine session, decide what to do
 folder (nothing on disk changes yet), wait for every process, report a finished run and leave
 it alone, note the start time, run the workflow's body, and shut the session down whatever
 happens.  A body that was stopped by a signal (a checkpoint was written) raises
-:class:`Preempted`, and the process exits with 75 (requeue with ``resume=true``).
+:class:`Preempted`, and the process exits with 75 (requeue with ``resume=true``).  A stop
+signal is also honoured where nothing is half-written (``signals.StopRequested``, exit 75):
+at the preamble's start, once the inputs have loaded (``Run.commit``, before the run folder
+changes) and before every stage; the flag is never cleared, so a signal that arrives between
+two trainings (an evaluation, the pruning, a save) is honoured at the next of these points.
 
 The stage loop (:func:`run_stages`): a multi-run procedure (IMP levels, EarlyBERT stages) runs
 its stages as sub-runs, each a run folder of its own.  A finished stage (its ``summary.json``)
@@ -24,7 +28,7 @@ from bert_ticket_cli.errors import EXIT_PREEMPTED, UserError
 
 
 class Preempted(Exception):
-    """A stop signal (SIGTERM / SIGUSR1) interrupted training after it wrote a checkpoint."""
+    """A stop signal (engine/signals.py) interrupted training after it wrote a checkpoint."""
 
 
 @dataclass
@@ -45,7 +49,9 @@ class Run:
         return self.session.is_main
 
     def commit(self) -> None:
-        """Every input has loaded: now the run folder may change (see ``records.commit_run``)."""
+        """Every input has loaded: now the run folder may change (see ``records.commit_run``).
+        A stop signal that arrived while the inputs loaded ends the run here, before any change."""
+        self.session.check_stop("before the run folder was written")
         commit_run(self.opened, self.cfg, is_main=self.main)
 
 
@@ -53,8 +59,13 @@ def run_workflow(cfg: Any, body: Callable[[Run], int], *,
                  on_finished: Callable[[dict[str, Any]], None] | None = None) -> int:
     """Open the run and call ``body(run)``; its exit status (75 when preempted).  A finished
     run is reported (``on_finished(summary)`` prints its results) and not run again."""
+    from bert_ticket_cli.engine import signals
     from bert_ticket_cli.engine.session import start_session
 
+    try:
+        signals.check("before the run started")  # e.g. while Python imported the libraries
+    except signals.StopRequested as stop:
+        return _stopped(stop, True)
     session = start_session(cfg)
     try:
         opened = open_run(cfg)
@@ -66,11 +77,21 @@ def run_workflow(cfg: Any, body: Callable[[Run], int], *,
                     on_finished(read_summary(opened.dir))
             return 0
         try:
+            session.check_stop("before the run started")
             return body(Run(cfg, session, opened, now()))
         except Preempted:
             return EXIT_PREEMPTED
+        except signals.StopRequested as stop:
+            return _stopped(stop, session.is_main)
     finally:
         session.shutdown()
+
+
+def _stopped(stop: Any, main: bool) -> int:
+    """A stop signal honoured where nothing is half-written: say so, exit 75."""
+    if main:
+        print(f"{stop}: stopped, nothing half-written; resume with resume=true", flush=True)
+    return EXIT_PREEMPTED
 
 
 def run_stages(run: Run, stages: Iterable[tuple[Hashable, RunDir]],
@@ -81,6 +102,9 @@ def run_stages(run: Run, stages: Iterable[tuple[Hashable, RunDir]],
     and returned) holds the records of the stages so far, finished ones read from disk."""
     records = {} if records is None else records
     for key, srd in stages:
+        # A stop signal that arrived since the last stage (its evaluation, the pruning, the
+        # records) is honoured before the next one starts: every stage so far is complete.
+        run.session.check_stop(f"before {srd.root.name}")
         if srd.summary.exists():
             records[key] = read_summary(srd)
             continue

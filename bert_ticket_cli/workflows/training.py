@@ -137,6 +137,7 @@ class TrainSpec:
     resume_from: Path | None = None
     save_model_to: Path | None = None
     on_ready: Callable[[], None] | None = None
+    label: str | None = None  # the training's place in a multi-stage run: ``level 2/9``, ``stage compact``
 
 
 @dataclass
@@ -183,7 +184,7 @@ def train_and_evaluate(cfg: RunConfig, session: Any, data: Any, tokenizer: Any, 
     result = session.fit(
         model=model, train_dataset=data.train, collate=data.collate, train=cfg.train, seed=cfg.seed, run=run,
         evaluate=evaluator, resume_from=spec.resume_from, hooks=all_hooks, num_workers=cfg.engine.num_workers,
-        penalty=penalty,
+        penalty=penalty, label=spec.label,
     )
     if result.preempted:
         raise Preempted(run.root)
@@ -209,7 +210,5 @@ def fit_extra(cfg: RunConfig, session: Any, trained: Trained) -> dict[str, Any]:
         "steps": r.state.step,
         "train_time_s": round(r.train_time_s, 3),
         "samples_per_s": round(r.samples_per_s, 2),
-        "world_size": session.num_processes,
-        "distributed_type": session.distributed_type,
-        "mixed_precision": cfg.engine.mixed_precision,
+        **session.facts(),  # what actually ran: device, mixed precision, distributed type, processes
     }

@@ -55,7 +55,7 @@ def kept_values(model, masks) -> torch.Tensor:
 @pytest.fixture
 def restore_signals():
     """``fit`` installs SIGTERM/SIGUSR1 handlers; give pytest its own back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -159,6 +160,8 @@ def test_budget_loop_resumes_from_a_checkpoint_at_an_epoch_end(tmp_path, restore
     straight, straight_losses = run("straight")
     first = RunDir(tmp_path / "straight").checkpoint(2)
     assert json.loads((first / "trainer_state.json").read_text())["step_in_epoch"] == 2
+    (tmp_path / "resumed").mkdir()  # the same run, continued in another folder: it carries the run's id
+    shutil.copy(tmp_path / "straight" / "run_id", tmp_path / "resumed" / "run_id")
     resumed, resumed_losses = run("resumed", resume=first)
     assert resumed.state.step == straight.state.step == 5 and resumed.stop_reason == "max_steps"
     assert resumed_losses == {s: straight_losses[s] for s in (3, 4, 5)}

@@ -54,7 +54,7 @@ def test_stage_loop_skips_finished_refuses_interrupted_and_resumes(tmp_path):
         calls.append((key, resume.name if resume else None))
         return {"stage": key}
 
-    run = SimpleNamespace(cfg=SimpleNamespace(resume=False))
+    run = SimpleNamespace(cfg=SimpleNamespace(resume=False), session=SimpleNamespace(check_stop=lambda where: None))
     with pytest.raises(UserError, match=r"stages/b was interrupted \(checkpoint step-00000007\): pass resume=true"):
         run_stages(run, [("a", a), ("b", b), ("c", c)], train)
     assert calls == []
