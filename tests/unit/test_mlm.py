@@ -280,8 +280,10 @@ def test_batch_sums_match_the_models_own_loss():
 
 
 class _OneProcess:
-    """The three Accelerator calls predict makes, for one process and no mixed precision (a real
+    """The Accelerator calls predict makes, for one process and no mixed precision (a real
     Accelerator would inherit the process-wide state other tests left behind)."""
+
+    is_main_process = True
 
     def prepare_data_loader(self, loader, device_placement=True):
         return loader
