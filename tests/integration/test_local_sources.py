@@ -90,10 +90,10 @@ def _squad_folder(root: Path) -> Path:
 def test_local_model_and_mnli_folder_then_eval_with_leaderboard_files(tmp_path):
     model, data, out = _model_dir(tmp_path), _mnli_folder(tmp_path), tmp_path / "runs"
     r = cli("rewind", "model=local", f"model.name_or_path={model}", "task=mnli", f"task.data_dir={data}",
-            "train.batch_size=16", "train.epochs=2", "train.lr=1e-3", f"output_dir={out}", f"cache_dir={tmp_path}/cache",
-            "run_name=mnli-local-s42")
+            "train.batch_size=16", "train.epochs=2", "train.lr=1e-3", f"output_dir={out}", f"cache_dir={tmp_path}/cache")
     assert r.returncode == 0, r.stderr[-2000:]
-    run = out / "rewind" / "mnli-tiny-bert-s42"
+    # model=local: named after the model folder, with the settings' hash
+    (run,) = (out / "rewind").glob("mnli-tiny-bert-s42-*")
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["metrics"]) == {"validation_matched/accuracy", "validation_mismatched/accuracy"}
     assert summary["main_metric"] == "validation_matched/accuracy"
@@ -109,9 +109,10 @@ def test_local_model_and_mnli_folder_then_eval_with_leaderboard_files(tmp_path):
     r = cli("eval", "task=mnli", f"task.data_dir={data}", f"eval.checkpoint={run / 'model'}", "eval.predict_test=true",
             f"output_dir={out}", f"cache_dir={tmp_path}/cache")
     assert r.returncode == 0, r.stderr[-2000:]
-    ev = json.loads((out / "eval" / "mnli-mnli-tiny-bert-s42" / "summary.json").read_text())
+    ev_dir = out / "eval" / f"mnli-{run.name}"
+    ev = json.loads((ev_dir / "summary.json").read_text())
     assert ev["metrics"] == pytest.approx(summary["metrics"])
-    pred = out / "eval" / "mnli-mnli-tiny-bert-s42" / "predictions"
+    pred = ev_dir / "predictions"
     m = (pred / "MNLI-m.tsv").read_text().splitlines()
     mm = (pred / "MNLI-mm.tsv").read_text().splitlines()
     assert m[0] == "index\tprediction" and len(m) == 11 and len(mm) == 13
@@ -122,8 +123,8 @@ def test_squad_end_to_end(tmp_path):
     model, data, out = _model_dir(tmp_path), _squad_folder(tmp_path), tmp_path / "runs"
     r = cli("rewind", "model=local", f"model.name_or_path={model}", "task=squad", f"task.data_dir={data}",
             "task.max_seq_length=64", "task.doc_stride=32", "train.batch_size=8", "train.epochs=1",
-            "train.lr=1e-3", f"output_dir={out}", f"cache_dir={tmp_path}/cache", "run_name=squad-local-s42")
+            "train.lr=1e-3", f"output_dir={out}", f"cache_dir={tmp_path}/cache", "run_name=squad-tiny-bert")
     assert r.returncode == 0, r.stderr[-2000:]
-    summary = json.loads((out / "rewind" / "squad-tiny-bert-s42" / "summary.json").read_text())
+    summary = json.loads((out / "rewind" / "squad-tiny-bert" / "summary.json").read_text())
     assert set(summary["metrics"]) == {"exact_match", "f1"} and summary["main_metric"] == "f1"
     assert 0.0 <= summary["metrics"]["exact_match"] <= summary["metrics"]["f1"] <= 100.0

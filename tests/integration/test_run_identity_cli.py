@@ -60,7 +60,7 @@ def test_imp_resumed_with_another_lr_is_refused(tmp_path):
     args = ["prune", "method=imp", *SHORT, "run_name=imp", "prune.levels=2", "train.epochs=1",
             "train.save_every=3", f"output_dir={out}"]
     # Level 0 finishes; the second training (level 1) is stopped at its step 4 (a checkpoint).
-    r = cli(*args, "train.lr=1e-3", env={"BERT_TICKET_FAULT_AT_STEP": "4:TERM:2"})
+    r = cli(*args, "train.lr=1e-3", env={"BERT_TICKET_FAULT_AT_STEP": "4:TERM:2"}, process=True)  # signals its pid
     assert r.returncode == 75, r.stderr[-2000:]
     run = out / "prune" / "imp"
     assert (run / "levels" / "level-00" / "summary.json").exists()
