@@ -93,7 +93,7 @@ def check_weights_file(path: Path) -> str | None:
     return None
 
 
-def verify_checkpoint(path: Path) -> None:
+def check_checkpoint_intact(path: Path) -> None:
     """A checkpoint about to be resumed must be whole: its safetensors headers match their
     sizes and its torch zip files (optimizer, scheduler) pass their CRC check; otherwise one
     line (the loader would raise a traceback deep inside Accelerate)."""
@@ -153,7 +153,7 @@ def open_run(cfg: Any) -> OpenedRun:
     replace = finished or (cfg.overwrite and (bool(diff) or (latest is not None and not cfg.resume)))
     root_latest = None if replace else rd.latest_checkpoint()
     if root_latest is not None and cfg.resume:
-        verify_checkpoint(root_latest)
+        check_checkpoint_intact(root_latest)
     _check_writable(rd.root)
     return OpenedRun(rd, resume_from=root_latest if cfg.resume else None, replace=replace)
 

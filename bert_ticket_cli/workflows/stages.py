@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
 from bert_ticket_cli.artifacts.paths import RunDir
-from bert_ticket_cli.artifacts.records import OpenedRun, commit_run, now, open_run, read_summary, verify_checkpoint
+from bert_ticket_cli.artifacts.records import (
+    OpenedRun, check_checkpoint_intact, commit_run, now, open_run, read_summary,
+)
 from bert_ticket_cli.errors import EXIT_PREEMPTED, UserError
 
 
@@ -112,6 +114,6 @@ def run_stages(run: Run, stages: Iterable[tuple[Hashable, RunDir]],
         if latest is not None and not run.cfg.resume:
             raise UserError(f"{srd.root} was interrupted (checkpoint {latest.name}): pass resume=true to continue it")
         if latest is not None:
-            verify_checkpoint(latest)
+            check_checkpoint_intact(latest)
         records[key] = train(key, srd, latest if run.cfg.resume else None)
     return records
