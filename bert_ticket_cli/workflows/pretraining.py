@@ -201,11 +201,8 @@ def train_and_record(run: Run, rd: RunDir, data: Any, model: torch.nn.Module, bu
     """Train ``model`` on the prepared data under ``budget``; write the record of ``rd``.  A stop
     signal raises :class:`Preempted` (a checkpoint was written).  ``finish()`` runs after
     training and before the record (whose presence marks the run finished); its dict joins it."""
-    from bert_ticket_cli.data.pretraining import PretrainCollator
-
     cfg, session = run.cfg, run.session
-    collate = PretrainCollator(pad_id=data.tokenizer.pad_token_id or 0, seq_length=data.seq_length,
-                               max_predictions=data.max_predictions)
+    collate = data.collator()
     n_params = sum(p.numel() for p in model.parameters())
 
     def evaluate(m):

@@ -36,7 +36,9 @@ class Prepared:
     max_predictions: int
 
     def collator(self) -> "PretrainCollator":
-        return PretrainCollator(int(self.tokenizer.pad_token_id), self.seq_length, self.max_predictions)
+        """The collator of these rows (fixed-length padding with the tokenizer's pad id)."""
+        pad = self.tokenizer.pad_token_id
+        return PretrainCollator(int(pad) if pad is not None else 0, self.seq_length, self.max_predictions)
 
 
 def open_prepared(path: str | os.PathLike) -> Prepared:
