@@ -149,3 +149,27 @@ def test_resume_mid_importance_pass_gives_identical_scores(st_run, tmp_path, mon
     assert not (run / "importance.partial.safetensors").exists()
     assert torch.equal(Ticket.load(run / "tickets/winning-0.50").heads, Ticket.load(ref / "tickets/winning-0.50").heads)
     assert not (run / "levels" / "winning-0.25").exists()  # method.train_tickets=false: tickets only
+
+
+def test_two_process_importance_matches_one_process(tmp_path):
+    import sys
+
+    from tests.conftest import free_port
+
+    out = tmp_path / "runs"
+    args = ["prune", *ST, *BASE, f"output_dir={out}", "method.train_tickets=false", "method.kinds=[winning]",
+            "model.config.hidden_dropout_prob=0.0", "model.config.attention_probs_dropout_prob=0.0"]
+    one = cli(*args, "run_name=one")
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(free_port()), "-m", "bert_ticket_cli"]
+    two = cli(*args, "run_name=two", "engine=cpu", launcher=torchrun, env={"OMP_NUM_THREADS": "1"}, process=True)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = load_file(str(out / "prune" / "one" / "importance.safetensors"))
+    b = load_file(str(out / "prune" / "two" / "importance.safetensors"))
+    # the same 10 batches, shared out 5 + 5 and summed: equal up to float summation order
+    assert torch.allclose(a["heads"], b["heads"], rtol=1e-3) and torch.allclose(a["ffn"], b["ffn"], rtol=1e-3)
+    assert json.loads((out / "prune" / "two" / "importance.json").read_text())["batches"] == 10
+    for lvl in ("0.25", "0.50"):
+        ta, tb = (Ticket.load(out / "prune" / r / "tickets" / f"winning-{lvl}") for r in ("one", "two"))
+        assert torch.equal(ta.heads, tb.heads) and torch.equal(ta.ffn_layers, tb.ffn_layers)
