@@ -232,6 +232,10 @@ def validate(cfg: DictConfig, verb: str | None = None) -> Any:
         method_schema = _check_method(cfg, errors)
         method_node = cfg._get_node("method")
         del cfg["method"]
+    tracking = cfg.get("tracking")
+    if isinstance(tracking, DictConfig) and isinstance(tracking.get("log_with"), str):
+        # tracking.log_with=tensorboard is short for [tensorboard] (and "" for none)
+        tracking.log_with = [tracking.log_with] if tracking.log_with else []
     _check_types(cfg, schema, "", errors)
     errors.extend(_missing(cfg))
     if method_node is not None:

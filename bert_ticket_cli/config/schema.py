@@ -136,6 +136,19 @@ class EvalConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment trackers, through Accelerate's (``metrics.jsonl`` stays the record; not part of
+    a run's identity, so a tracker can be added to a resumed run)."""
+
+    #: Trackers that also get the metrics: [] (none), or a list of tensorboard, wandb, mlflow,
+    #: aim, trackio (``tracking.log_with=tensorboard`` is short for ``[tensorboard]``); each
+    #: writes under <run>/tracking/.
+    log_with: list[str] = field(default_factory=list)
+    #: The trackers' project (W&B / Trackio project, MLflow experiment, TensorBoard subfolder).
+    project: str = "bert-ticket"
+
+
+@dataclass
 class MethodConfig:
     """The ``method`` node: ``method=NAME`` picks ``conf/method/NAME.yaml``; the method's own
     settings live next to its name (``method.l1_heads=...``) and are checked against that
@@ -373,6 +386,8 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     #: Evaluation settings (also the evaluation after training).
     eval: EvalConfig = field(default_factory=EvalConfig)
+    #: Experiment trackers (TensorBoard, W&B, ...) besides metrics.jsonl.
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass

@@ -58,6 +58,7 @@ def fit(
     num_workers: int = 0,
     penalty: Callable[[], torch.Tensor] | None = None,
     label: str | None = None,
+    tracking=None,
 ) -> TrainResult:
     """Train ``model``; ``penalty()`` (e.g. EarlyBERT's L1 on its coefficients) is added to
     every micro-batch's loss (scaled for accumulation like it); logged losses are the task's.
@@ -66,7 +67,7 @@ def fit(
     n_steps = total_steps(train, per_epoch)
     core = StepCore(accelerator=accelerator, model=model, train_dataset=train_dataset, collate=collate, train=train,
                     plan=plan, seed=seed, run=run, evaluate=evaluate, hooks=hooks, penalty=penalty,
-                    num_workers=num_workers)
+                    num_workers=num_workers, tracking=tracking)
     # Our own schedule stepping: Accelerate's wrapper would step it once per process.
     scheduler = make_schedule(core.optimizer, train, n_steps)
     state = core.resume(resume_from, scheduler)

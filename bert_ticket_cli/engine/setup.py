@@ -57,7 +57,11 @@ def deepspeed_config(engine: EngineConfig, train: TrainConfig, plan: BatchPlan) 
     return ds
 
 
-def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan):
+def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan, *,
+                     log_with: tuple[str, ...] = (), project_dir: str | None = None):
+    """The Accelerator; ``log_with`` (tracker names, see engine/tracking.py) and ``project_dir``
+    (where their files go) are Accelerate's tracker settings: nothing is written until a
+    training opens a tracker run."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
@@ -99,6 +103,8 @@ def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan):
         mixed_precision=mixed,
         gradient_accumulation_steps=plan.accumulation,
         step_scheduler_with_optimizer=False,
+        log_with=list(log_with) or None,
+        project_dir=project_dir if log_with else None,
         **kwargs,
     )
     if engine.deepspeed is not None and use_cpu:
