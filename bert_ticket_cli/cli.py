@@ -13,6 +13,7 @@ import sys
 from typing import Optional
 
 import typer
+import typer.core
 
 from bert_ticket_cli import __version__
 from bert_ticket_cli.errors import EXIT_USAGE, UserError
@@ -98,11 +99,16 @@ def _epilog(verb: str) -> str:
         lines += [f"Views: view={'|'.join(REPORT_VIEWS)}", "Filters: any other key=value on a summary field "
                   "(task=mrpc method=imp).", ""]
     else:
+        from bert_ticket_cli.config.compose import CONF_DIR, search_path
+
         own = {f.name for f in dataclasses.fields(SCHEMAS[verb])} | {"experiment"}
         lines.append("Config groups (choose with group=option):")
         for group, options in config_groups().items():
             if group in own:
                 lines.append(f"  {group}: {', '.join(options)}")
+        extra = [str(f) for f in search_path(strict=False) if f != CONF_DIR]
+        if extra:  # $BERT_TICKET_CONFIG_PATH, ./conf: searched ahead of the packaged configs
+            lines.append(f"  (options from {', '.join(extra)} and the packaged configs)")
         lines.append("")
     lines += _settings_lines(verb)
     lines += ["", "Every field is documented in bert_ticket_cli/config/schema.py and the README."]
@@ -202,10 +208,19 @@ def _make_verb(verb: str) -> None:
 
     app.command(
         verb,
+        cls=_VerbCommand,
         help=VERBS[verb],
-        epilog=_epilog(verb),
         context_settings={"ignore_unknown_options": False},
     )(command)
+
+
+class _VerbCommand(typer.core.TyperCommand):
+    """A verb whose ``--help`` epilog is built when it is shown: the group options come from the
+    config folders searched now (``./conf`` depends on the current directory)."""
+
+    def format_epilog(self, ctx, formatter) -> None:
+        self.epilog = _epilog(self.name)
+        super().format_epilog(ctx, formatter)
 
 
 for _verb in VERBS:
