@@ -25,6 +25,8 @@ VERBS = {
     "pretrain": "MLM pre-training on a wall-clock budget (academic-budget recipe), method=earlybert for "
                 "EarlyBERT pre-training; 'pretrain prepare ...' only prepares the data.",
     "eval": "Evaluate a saved model on a task's dev splits; eval.predict_test=true writes GLUE leaderboard TSVs.",
+    "cache": "On a machine that reaches the hub (a login node): download the model, tokenizer and task data "
+             "a run with the same model= task= settings loads, then check each loads with HF_HUB_OFFLINE=1.",
     "report": "Index every run's summary.json under runs/ and print a table (or csv / json, and figures).",
 }
 
@@ -34,6 +36,7 @@ EXAMPLES = {
     "transfer": "bert-ticket transfer ticket=runs/prune/mnli-bert-base-uncased-imp-s42/tickets/level-07 task=rte",
     "pretrain": "bert-ticket pretrain pretrain.data.corpus=[corpus/] pretrain.budget=24h engine=deepspeed_zero2_bf16",
     "eval": "bert-ticket eval task=sst2 eval.checkpoint=runs/rewind/sst2-tiny-s42/model",
+    "cache": "bert-ticket cache model=bert-base-uncased task=mrpc",
     "report": "bert-ticket report task=mrpc method=dense columns=[metrics.f1] format=table",
 }
 

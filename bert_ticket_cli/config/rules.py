@@ -260,6 +260,7 @@ RULES: dict[str, tuple[Callable[[Any], list[str]], ...]] = {
     "transfer": _COMMON,
     "prune": (*_COMMON, _prune, _method),
     "pretrain": (*_COMMON, _pretrain, _method),
+    "cache": _COMMON,
     "report": (_report,),
 }
 

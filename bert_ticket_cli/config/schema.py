@@ -444,6 +444,14 @@ class EvalRunConfig(RunConfig):
 
 
 @dataclass
+class CacheRunConfig(RunConfig):
+    """``bert-ticket cache``: download the model, tokenizer and task data a run with the same
+    ``model`` / ``task`` settings loads, into the caches runs read, and check each loads offline."""
+
+    verb: str = "cache"
+
+
+@dataclass
 class ReportConfig:
     """Schema of ``bert-ticket report``."""
 
@@ -481,5 +489,6 @@ SCHEMAS: dict[str, type] = {
     "prune": PruneRunConfig,
     "transfer": TransferRunConfig,
     "pretrain": PretrainRunConfig,
+    "cache": CacheRunConfig,
     "report": ReportConfig,
 }
