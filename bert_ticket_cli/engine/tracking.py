@@ -107,7 +107,7 @@ class Tracking:
                       "group": self.top.name, "job_type": self.verb},
             "mlflow": {"logging_dir": str(folder), "run_name": name, "run_id": ident.get("mlflow_run_id")},
             "aim": {"run_hash": ident.get("aim_run_hash"), "experiment": self.project},
-            "trackio": {"name": name, "group": self.top.name, "resume": "allow"},
+            "trackio": {"name": name, "resume": "allow"},  # (Trackio keeps its own local store)
         }
         if "mlflow" in self.log_with and accelerator.is_main_process:
             _mlflow_store(folder)
