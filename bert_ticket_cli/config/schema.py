@@ -140,9 +140,8 @@ class TrackingConfig:
     """Experiment trackers, through Accelerate's (``metrics.jsonl`` stays the record; not part of
     a run's identity, so a tracker can be added to a resumed run)."""
 
-    #: Trackers that also get the metrics: tensorboard, wandb, mlflow, aim, trackio (a list).
-    #: ``tracking.log_with=tensorboard`` is short for ``[tensorboard]``; each writes under
-    #: <run>/tracking/.
+    #: Trackers that also get the metrics: tensorboard, wandb, mlflow, aim, trackio (a list; one
+    #: name alone works too). Each writes under <run>/tracking/.
     log_with: list[str] = field(default_factory=list)
     #: The trackers' project (W&B / Trackio project, MLflow experiment, TensorBoard subfolder).
     project: str = "bert-ticket"
