@@ -13,6 +13,7 @@ import sys
 from typing import Optional
 
 import typer
+import typer.core
 
 from bert_ticket_cli import __version__
 from bert_ticket_cli.errors import EXIT_USAGE, UserError
@@ -24,6 +25,8 @@ VERBS = {
     "pretrain": "MLM pre-training on a wall-clock budget (academic-budget recipe), method=earlybert for "
                 "EarlyBERT pre-training; 'pretrain prepare ...' only prepares the data.",
     "eval": "Evaluate a saved model on a task's dev splits; eval.predict_test=true writes GLUE leaderboard TSVs.",
+    "cache": "On a machine that reaches the hub (a login node): download the model, tokenizer and task data "
+             "a run with the same model= task= settings loads, then check each loads with HF_HUB_OFFLINE=1.",
     "report": "Index every run's summary.json under runs/ and print a table (or csv / json, and figures).",
 }
 
@@ -33,6 +36,7 @@ EXAMPLES = {
     "transfer": "bert-ticket transfer ticket=runs/prune/mnli-bert-base-uncased-imp-s42/tickets/level-07 task=rte",
     "pretrain": "bert-ticket pretrain pretrain.data.corpus=[corpus/] pretrain.budget=24h engine=deepspeed_zero2_bf16",
     "eval": "bert-ticket eval task=sst2 eval.checkpoint=runs/rewind/sst2-tiny-s42/model",
+    "cache": "bert-ticket cache model=bert-base-uncased task=mrpc",
     "report": "bert-ticket report task=mrpc method=dense columns=[metrics.f1] format=table",
 }
 
@@ -102,11 +106,16 @@ def _epilog(verb: str) -> str:
         lines += [f"Views: view={'|'.join(REPORT_VIEWS)}", "Filters: any other key=value on a summary field "
                   "(task=mrpc method=imp).", ""]
     else:
+        from bert_ticket_cli.config.compose import CONF_DIR, search_path
+
         own = {f.name for f in dataclasses.fields(SCHEMAS[verb])} | {"experiment"}
         lines.append("Config groups (choose with group=option):")
         for group, options in config_groups().items():
             if group in own:
                 lines.append(f"  {group}: {', '.join(options)}")
+        extra = [str(f) for f in search_path(strict=False) if f != CONF_DIR]
+        if extra:  # $BERT_TICKET_CONFIG_PATH, ./conf: searched ahead of the packaged configs
+            lines.append(f"  (options from {', '.join(extra)} and the packaged configs)")
         lines.append("")
     lines += _settings_lines(verb)
     lines += ["", "Every field is documented in bert_ticket_cli/config/schema.py and the README."]
@@ -206,10 +215,19 @@ def _make_verb(verb: str) -> None:
 
     app.command(
         verb,
+        cls=_VerbCommand,
         help=VERBS[verb],
-        epilog=_epilog(verb),
         context_settings={"ignore_unknown_options": False},
     )(command)
+
+
+class _VerbCommand(typer.core.TyperCommand):
+    """A verb whose ``--help`` epilog is built when it is shown: the group options come from the
+    config folders searched now (``./conf`` depends on the current directory)."""
+
+    def format_epilog(self, ctx, formatter) -> None:
+        self.epilog = _epilog(self.name)
+        super().format_epilog(ctx, formatter)
 
 
 for _verb in VERBS:

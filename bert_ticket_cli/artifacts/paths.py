@@ -10,6 +10,8 @@
         checkpoints/step-N/  resumable state (Accelerate save_state + trainer_state.json)
         predictions/         GLUE leaderboard TSVs (eval.predict_test=true)
         diverged.json        pretrain: what diverged, when, and the last good checkpoint
+        tracking/            tracking.log_with=...: the trackers' files (TensorBoard events, wandb/, ...)
+        tracking/tracker.json  the tracker run's stable id (a resumed run continues it)
 
     a multi-run procedure adds (each sub-run is a run folder of its own):
         rewind/weights.safetensors   prune: the rewind point (all weights, task head included)
@@ -54,6 +56,10 @@ REWIND_WEIGHTS = ("rewind", "weights.safetensors")
 REWIND_FROM_TICKET = "/".join(("..", "..", *REWIND_WEIGHTS))
 DIVERGED_FILE = "diverged.json"
 MATRIX_FILE = "matrix.json"
+#: The trackers' folder in every run / sub-run folder that trains, and the file keeping its
+#: tracker run's id (engine/tracking.py).
+TRACKING_DIR = "tracking"
+TRACKER_FILE = "tracker.json"
 INDEX_DIR = ".index"
 INDEX_FILE = "runs.sqlite"
 
@@ -89,6 +95,10 @@ class RunDir:
     @property
     def diverged(self) -> Path:
         return self.root / DIVERGED_FILE
+
+    @property
+    def tracking(self) -> Path:
+        return self.root / TRACKING_DIR
 
     # ---- what the multi-run workflows add (see the module docstring) ----
 
@@ -180,7 +190,7 @@ class RunDir:
 NON_IDENTITY_KEYS = (
     "verb", "output_dir", "run_name", "resume", "overwrite", "cache_dir",
     "engine.name", "engine.cpu", "engine.deepspeed", "engine.num_workers",
-    "train.log_every", "train.save_every", "train.keep_checkpoints",
+    "train.log_every", "train.save_every", "train.keep_checkpoints", "tracking",
 )
 #: Hex digits of the config hash in a default run name.
 IDENTITY_HASH_LEN = 8

@@ -24,15 +24,56 @@ from bert_ticket_cli.config.rules import check
 from bert_ticket_cli.config.schema import METHOD_SCHEMAS, SCHEMAS
 from bert_ticket_cli.errors import UserError
 
+#: The packaged config folder (the last one searched).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: Config folders searched ahead of the packaged one, first wins (os.pathsep-separated).
+CONFIG_PATH_ENV = "BERT_TICKET_CONFIG_PATH"
+#: A folder of this name in the current directory is searched too (after CONFIG_PATH_ENV's).
+LOCAL_CONF = "conf"
+
+
+def search_path(*, strict: bool = True) -> list[Path]:
+    """The config folders, first wins: ``$BERT_TICKET_CONFIG_PATH``'s (in order), ``./conf``,
+    then the packaged ``conf/``.  A lab keeps its own ``experiment/``, ``model/``, ... files (or
+    a verb's root) there; an option of the same name as a packaged one replaces it.  ``strict``:
+    a listed folder that does not exist is an error (``--help`` and completion skip it)."""
+    folders: list[Path] = []
+    for entry in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep):
+        if not entry.strip():
+            continue
+        folder = Path(entry).expanduser()
+        if folder.is_dir():
+            folders.append(folder.resolve())
+        elif strict:
+            raise UserError(f"{CONFIG_PATH_ENV}: {entry} is not a folder ({CONFIG_PATH_ENV} lists config "
+                            f"folders separated by '{os.pathsep}', searched ahead of ./{LOCAL_CONF} and the packaged one)")
+    if Path(LOCAL_CONF).is_dir():
+        folders.append(Path(LOCAL_CONF).resolve())
+    folders.append(CONF_DIR)
+    return list(dict.fromkeys(folders))  # a folder listed twice is searched once, at its first place
 
 
 def config_groups() -> dict[str, list[str]]:
-    """Group name -> option names shipped in ``conf/`` (for ``--help`` and tests)."""
-    groups: dict[str, list[str]] = {}
-    for d in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")):
-        groups[d.name] = sorted(f.stem for f in d.glob("*.yaml"))
-    return groups
+    """Group name -> option names over every searched folder (for ``--help``, checks, completion)."""
+    groups: dict[str, set[str]] = {}
+    for folder in search_path(strict=False):
+        for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+            options = {f.stem for f in d.glob("*.yaml")}
+            if options:
+                groups.setdefault(d.name, set()).update(options)
+    return {name: sorted(groups[name]) for name in sorted(groups)}
+
+
+def _check_search_path(folders: Sequence[Path]) -> None:
+    """Hydra's search path holds ``folders`` first (the plugin is installed and found)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    found = [Path(e.path.removeprefix("file://")) for e in GlobalHydra.instance().config_loader().get_search_path()
+             .get_path() if e.provider in ("bert-ticket", "main")]
+    if found != list(folders):
+        raise UserError(f"the config folders {', '.join(str(f) for f in folders[:-1])} are not searched: "
+                        f"bert-ticket's Hydra plugin (hydra_plugins/bert_ticket_searchpath) is not installed; "
+                        f"reinstall bert-ticket (pip install -e .)")
 
 
 def _prepare_overrides(verb: str, overrides: Sequence[str]) -> list[str]:
@@ -80,14 +121,19 @@ def _prepare_overrides(verb: str, overrides: Sequence[str]) -> list[str]:
 
 
 def compose(verb: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/<verb>.yaml`` with ``overrides``; Hydra syntax errors become UserError."""
+    """Compose ``<verb>.yaml`` from the config folders (:func:`search_path`) with ``overrides``;
+    Hydra syntax errors become UserError."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
+    folders = search_path()  # a missing $BERT_TICKET_CONFIG_PATH folder: UserError here
     prepared = _prepare_overrides(verb, overrides)
     try:
+        # The packaged folder is Hydra's primary one; the lab's folders (search_path) go ahead of
+        # it through Hydra's search-path plugin, hydra_plugins/bert_ticket_searchpath.
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="bert_ticket"):
+            _check_search_path(folders)
             cfg = hydra_compose(config_name=verb, overrides=prepared)
     except (HydraException, OmegaConfBaseException) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -232,6 +278,10 @@ def validate(cfg: DictConfig, verb: str | None = None) -> Any:
         method_schema = _check_method(cfg, errors)
         method_node = cfg._get_node("method")
         del cfg["method"]
+    tracking = cfg.get("tracking")
+    if isinstance(tracking, DictConfig) and isinstance(tracking.get("log_with"), str):
+        # tracking.log_with=tensorboard is short for [tensorboard] (and "" for none)
+        tracking.log_with = [tracking.log_with] if tracking.log_with else []
     _check_types(cfg, schema, "", errors)
     errors.extend(_missing(cfg))
     if method_node is not None:

@@ -20,6 +20,15 @@ PRETRAIN_METHODS = ("dense", "earlybert")
 #: What ``report view=`` accepts.
 REPORT_VIEWS = ("runs", "tickets", "earlybert", "pretrain")
 
+#: ``tracking.log_with`` names -> the modules that must import for it (any one of them).
+TRACKERS: dict[str, tuple[str, ...]] = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+    "aim": ("aim",),
+    "trackio": ("trackio",),
+}
+
 #: A run name is one path component of these characters (not starting with . or -).
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9_+=][A-Za-z0-9._+=-]*")
 RUN_NAME_MAX = 200
@@ -114,6 +123,25 @@ def _model(cfg: Any) -> list[str]:
     if cfg.model.attn_implementation not in ("sdpa", "eager"):
         return [f"'model.attn_implementation' must be sdpa or eager, got {cfg.model.attn_implementation!r}"]
     return []
+
+
+def _tracking(cfg: Any) -> list[str]:
+    """Known trackers, each installed: refused here, before anything is written, rather than
+    Accelerate's warning and a run that silently logs nowhere."""
+    import importlib.util
+
+    errs, names = [], list(cfg.tracking.log_with)
+    for name in names:
+        if name not in TRACKERS:
+            errs.append(f"tracking.log_with: unknown tracker {name!r} (choose from: {', '.join(TRACKERS)})")
+        elif not any(importlib.util.find_spec(m) for m in TRACKERS[name]):
+            errs.append(f"tracking.log_with={name} but {TRACKERS[name][0]} is not installed: "
+                        f"pip install {TRACKERS[name][0]}")
+    if len(set(names)) != len(names):
+        errs.append(f"tracking.log_with names a tracker twice: {names}")
+    if not str(cfg.tracking.project).strip():
+        errs.append("tracking.project must not be empty")
+    return errs
 
 
 def _prune(cfg: Any) -> list[str]:
@@ -278,7 +306,7 @@ def _report(cfg: Any) -> list[str]:
     return errs
 
 
-_COMMON = (_run, _train, _engine, _task, _model)
+_COMMON = (_run, _train, _engine, _task, _model, _tracking)
 
 #: verb -> the rule sets of its sections, in the order their problems are reported.
 RULES: dict[str, tuple[Callable[[Any], list[str]], ...]] = {
@@ -287,6 +315,7 @@ RULES: dict[str, tuple[Callable[[Any], list[str]], ...]] = {
     "transfer": _COMMON,
     "prune": (*_COMMON, _prune, _method),
     "pretrain": (*_COMMON, _pretrain, _method),
+    "cache": _COMMON,
     "report": (_report,),
 }
 

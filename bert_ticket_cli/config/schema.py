@@ -137,6 +137,18 @@ class EvalConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment trackers, through Accelerate's (``metrics.jsonl`` stays the record; not part of
+    a run's identity, so a tracker can be added to a resumed run)."""
+
+    #: Trackers that also get the metrics: tensorboard, wandb, mlflow, aim, trackio (a list; one
+    #: name alone works too). Each writes under <run>/tracking/.
+    log_with: list[str] = field(default_factory=list)
+    #: The trackers' project (W&B / Trackio project, MLflow experiment, TensorBoard subfolder).
+    project: str = "bert-ticket"
+
+
+@dataclass
 class MethodConfig:
     """The ``method`` node: ``method=NAME`` picks ``conf/method/NAME.yaml``; the method's own
     settings live next to its name (``method.l1_heads=...``) and are checked against that
@@ -426,6 +438,8 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     #: Evaluation settings (also the evaluation after training).
     eval: EvalConfig = field(default_factory=EvalConfig)
+    #: Experiment trackers (TensorBoard, W&B, ...) besides metrics.jsonl.
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass
@@ -484,6 +498,14 @@ class EvalRunConfig(RunConfig):
 
 
 @dataclass
+class CacheRunConfig(RunConfig):
+    """``bert-ticket cache``: download the model, tokenizer and task data a run with the same
+    ``model`` / ``task`` settings loads, into the caches runs read, and check each loads offline."""
+
+    verb: str = "cache"
+
+
+@dataclass
 class ReportConfig:
     """Schema of ``bert-ticket report``."""
 
@@ -521,5 +543,6 @@ SCHEMAS: dict[str, type] = {
     "prune": PruneRunConfig,
     "transfer": TransferRunConfig,
     "pretrain": PretrainRunConfig,
+    "cache": CacheRunConfig,
     "report": ReportConfig,
 }

@@ -276,11 +276,12 @@ class StepCore:
                  plan: BatchPlan, seed: int, run: RunDir, evaluate: Callable[[torch.nn.Module], dict] | None,
                  hooks: list[StepHooks] = (), penalty: Callable[[], torch.Tensor] | None = None,
                  num_workers: int = 0, pin_memory: bool = False, count_tokens: bool = False,
-                 poison: bool = False, per_epoch: int | None = None):
+                 poison: bool = False, tracking: Any = None, per_epoch: int | None = None):
         self.accelerator, self.train, self.plan, self.seed, self.run = accelerator, train, plan, seed, run
         self.train_dataset, self.collate, self.evaluate = train_dataset, collate, evaluate
         self.hooks, self.penalty, self.num_workers, self.pin_memory = hooks, penalty, num_workers, pin_memory
         self.count_tokens, self.poison = count_tokens, poison  # poison: the NaN fault hook (signals.poison_loss)
+        self.tracking = tracking  # engine/tracking.py: the trackers' copy of metrics.jsonl
         self.per_epoch = per_epoch or steps_per_epoch(len(train_dataset), plan.global_batch)
         # Forget the models and optimizers of earlier trainings in this process (IMP levels,
         # EarlyBERT stages): save_state / load_state act on every prepared object, so a resumed
@@ -316,6 +317,8 @@ class StepCore:
         self.t_start = time.perf_counter() - state.elapsed_s
         self.t_session = time.perf_counter()
         self.step_start = state.step
+        if self.tracking is not None:  # this folder's tracker run, continued at a resumed step
+            self.tracking.start(self.accelerator, self.run, state.step)
         flag = signals.requested() is not None
         if self.accelerator.num_processes > 1:
             t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
@@ -408,6 +411,8 @@ class StepCore:
     def log(self, record: dict[str, Any], line: str) -> None:
         if self.main:
             append_jsonl(self.run.metrics, record)
+        if self.tracking is not None:
+            self.tracking.log(self.accelerator, record)
         self.progress.line(line)
 
     def eval_record(self, state: TrainState, prefix: str = "eval  ") -> dict[str, float]:
@@ -457,6 +462,8 @@ class StepCore:
 
     def result(self, state: TrainState, preempted: bool, **kw: Any) -> TrainResult:
         self.progress.close()
+        if self.tracking is not None:
+            self.tracking.finish(self.accelerator)
         session = self.session_s()
         return TrainResult(
             model=self.model, state=state, preempted=preempted, train_time_s=state.elapsed_s - state.eval_s,

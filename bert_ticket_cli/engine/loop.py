@@ -58,6 +58,7 @@ def fit(
     num_workers: int = 0,
     penalty: Callable[[], torch.Tensor] | None = None,
     label: str | None = None,
+    tracking=None,
     order: Callable[[int], Any] | None = None,
     per_epoch: int | None = None,
 ) -> TrainResult:
@@ -71,7 +72,7 @@ def fit(
     n_steps = total_steps(train, per_epoch)
     core = StepCore(accelerator=accelerator, model=model, train_dataset=train_dataset, collate=collate, train=train,
                     plan=plan, seed=seed, run=run, evaluate=evaluate, hooks=hooks, penalty=penalty,
-                    num_workers=num_workers, per_epoch=per_epoch)
+                    num_workers=num_workers, tracking=tracking, per_epoch=per_epoch)
     # Our own schedule stepping: Accelerate's wrapper would step it once per process.
     scheduler = make_schedule(core.optimizer, train, n_steps)
     state = core.resume(resume_from, scheduler)

@@ -33,6 +33,8 @@ def set_seed(seed: int) -> None:
 class Session:
     accelerator: Any
     plan: BatchPlan
+    #: The experiment trackers (engine/tracking.py; none unless tracking.log_with names some).
+    tracking: Any = None
 
     # ---- processes ----
 
@@ -108,7 +110,11 @@ class Session:
     def shutdown(self) -> None:
         from bert_ticket_cli.engine.setup import shutdown
 
-        shutdown(self.accelerator)
+        try:
+            if self.tracking is not None:
+                self.tracking.finish(self.accelerator)  # a training that raised left its tracker run open
+        finally:
+            shutdown(self.accelerator)
 
     # ---- the engine's work, on this session's processes ----
 
@@ -118,13 +124,13 @@ class Session:
         its log lines and bar."""
         from bert_ticket_cli.engine.loop import fit
 
-        return fit(accelerator=self.accelerator, plan=self.plan, label=label, **kwargs)
+        return fit(accelerator=self.accelerator, plan=self.plan, label=label, tracking=self.tracking, **kwargs)
 
     def fit_budget(self, **kwargs: Any) -> Any:
         """:func:`bert_ticket_cli.engine.budget.fit_budget` (the clock schedule)."""
         from bert_ticket_cli.engine.budget import fit_budget
 
-        return fit_budget(accelerator=self.accelerator, plan=self.plan, **kwargs)
+        return fit_budget(accelerator=self.accelerator, plan=self.plan, tracking=self.tracking, **kwargs)
 
     def evaluator(self, data: Any, batch_size: int, max_answer_length: int = 30) -> Callable[[Any], dict[str, float]]:
         from bert_ticket_cli.engine.evaluate import make_evaluator
@@ -155,6 +161,20 @@ class Session:
             return tensor.cpu()
         return self.accelerator.reduce(tensor.to(self.device), reduction="sum").cpu()
 
+    def log_record(self, run: Any, record: dict[str, Any]) -> None:
+        """A record outside training (``eval``'s metrics): to ``metrics.jsonl`` (main process)
+        and to the trackers, as one tracker run of ``run`` at ``record['step']`` (0 if none)."""
+        from bert_ticket_cli.artifacts.paths import append_jsonl
+
+        if self.is_main:
+            append_jsonl(run.metrics, record)
+        if self.tracking is not None and self.tracking.log_with:
+            self.tracking.start(self.accelerator, run, 0)
+            try:
+                self.tracking.log(self.accelerator, record)
+            finally:
+                self.tracking.finish(self.accelerator)
+
     def prepare(self, model: Any) -> Any:
         """Place ``model`` on this session's device(s) (evaluation: no optimizer)."""
         return self.accelerator.prepare(model)
@@ -171,7 +191,12 @@ def start_session(cfg: Any, *, deepspeed: bool = True, find_unused_parameters: b
     ZeRO engine insists on.  ``find_unused_parameters``: a model with parameters that a step may
     not use (a multi-task model's other task heads)."""
     from bert_ticket_cli.engine.setup import make_accelerator, plan_batches, world_size_from_env
+    from bert_ticket_cli.engine.tracking import Tracking
 
     plan = plan_batches(cfg.train, world_size_from_env())
     engine = cfg.engine if deepspeed else replace(cfg.engine, deepspeed=None)
-    return Session(make_accelerator(engine, cfg.train, plan, find_unused_parameters=find_unused_parameters), plan)
+    tracking = Tracking.from_config(cfg)
+    accelerator = make_accelerator(engine, cfg.train, plan, log_with=tracking.log_with,
+                                   project_dir=str(tracking.top / "tracking") if tracking.log_with else None,
+                                   find_unused_parameters=find_unused_parameters)
+    return Session(accelerator, plan, tracking)

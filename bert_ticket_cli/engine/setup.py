@@ -57,8 +57,12 @@ def deepspeed_config(engine: EngineConfig, train: TrainConfig, plan: BatchPlan) 
     return ds
 
 
-def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan, *, find_unused_parameters: bool = False):
-    """The Accelerator for ``engine``; ``find_unused_parameters``: DDP tolerates parameters that a
+def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan, *,
+                     log_with: tuple[str, ...] = (), project_dir: str | None = None,
+                     find_unused_parameters: bool = False):
+    """The Accelerator; ``log_with`` (tracker names, see engine/tracking.py) and ``project_dir``
+    (where their files go) are Accelerate's tracker settings: nothing is written until a
+    training opens a tracker run.  ``find_unused_parameters``: DDP tolerates parameters that a
     step does not use (a multi-task model's idle task heads)."""
     import torch
     from accelerate import Accelerator
@@ -105,6 +109,8 @@ def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan, 
         mixed_precision=mixed,
         gradient_accumulation_steps=plan.accumulation,
         step_scheduler_with_optimizer=False,
+        log_with=list(log_with) or None,
+        project_dir=project_dir if log_with else None,
         **kwargs,
     )
     if engine.deepspeed is not None and use_cpu:

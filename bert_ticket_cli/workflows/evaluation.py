@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from bert_ticket_cli.artifacts.paths import append_jsonl, run_dir
+from bert_ticket_cli.artifacts.paths import run_dir
 from bert_ticket_cli.artifacts.records import (
     OpenedRun, commit_run, note_data, now, print_metrics_table, task_data_fingerprint, write_summary,
 )
@@ -100,7 +100,7 @@ def run(cfg: RunConfig) -> int:
                     written.append(str(dest))
 
         if main:
-            append_jsonl(rd.metrics, {"event": "eval", "checkpoint": str(source), **metrics})
+            session.log_record(rd, {"event": "eval", "checkpoint": str(source), **metrics})
             key = data.main_metric_key()
             exported = None
             if cfg.eval.export == "padded":

@@ -75,6 +75,9 @@ CASES: dict[str, tuple[list[str], str]] = {
     "missing ticket": (["rewind", "ticket=/nonexistent/ticket"], "/nonexistent/ticket"),
     "eval without model": (["eval", "task=synthetic"], "eval.checkpoint"),
     "eval checkpoint missing": (["eval", "task=synthetic", "eval.checkpoint=/nonexistent/model"], "not a directory"),
+    "unknown tracker": (["rewind", "tracking.log_with=[tensorboard,nosuch]"], "unknown tracker 'nosuch'"),
+    "cache: model not cached": (["cache", "model=local", "model.name_or_path=no-such-org/no-such-bert",
+                                 "cache_dir={tmp}/c"], "not in the cache"),
     "report on a missing folder": (["report", "output_dir=/nonexistent/runs"], "output_dir"),
     "unknown report option": (["report", "format=xml"], "format"),
 }

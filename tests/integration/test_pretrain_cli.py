@@ -8,6 +8,7 @@ elapsed time carried across a resume.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import sys
@@ -64,9 +65,20 @@ def _args(prepared, out: Path, *more: str) -> list[str]:
 def test_steps_clock_trains_saves_and_resumes_identically(prepared, tmp_path):
     out = tmp_path / "runs"
     steps = ["pretrain.clock=steps", "train.max_steps=12", "train.eval_every=6", "pretrain.warmup_proportion=0.25"]
-    ref = cli("pretrain", *_args(prepared, out, *steps, "run_name=ref"))
+    tb = ["tracking.log_with=tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    ref = cli("pretrain", *_args(prepared, out, *steps, "run_name=ref", *tb))
     assert ref.returncode == 0, ref.stderr[-3000:]
     run = out / "pretrain" / "ref"
+    if tb:  # the budget loop's lines reach the tracker too (test_tracking.py covers the rest)
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(run / "tracking" / "bert-ticket"))
+        acc.Reload()
+        train = [(e["step"], e["tokens_per_s"]) for e in read_jsonl(run / "metrics.jsonl") if e["event"] == "train"]
+        got = acc.Scalars("train/tokens_per_s")
+        assert [x.step for x in got] == [t[0] for t in train] == list(range(1, 13))
+        assert [x.value for x in got] == pytest.approx([t[1] for t in train])
+        assert [x.step for x in acc.Scalars("eval/mlm_loss")] == [6, 12]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["role"] == "pretrain" and summary["stop_reason"] == "max_steps" and summary["steps"] == 12
     assert summary["tokens"] > 0 and summary["main_metric"] == "mlm_loss"
