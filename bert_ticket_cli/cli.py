@@ -18,7 +18,7 @@ from bert_ticket_cli import __version__
 from bert_ticket_cli.errors import EXIT_USAGE, UserError
 
 VERBS = {
-    "prune": "Find tickets: method=imp|omp|random|earlybert.",
+    "prune": "Find tickets: method=imp|omp|random|earlybert|super_tickets.",
     "rewind": "Train a ticket from its rewind point, or with no ticket fine-tune the dense model (the full-model baseline), then evaluate.",
     "transfer": "Train a ticket found on task A on task B; with transfer.tickets/transfer.tasks, the whole matrix.",
     "pretrain": "MLM pre-training on a wall-clock budget (academic-budget recipe), method=earlybert for "
@@ -38,7 +38,7 @@ EXAMPLES = {
 
 app = typer.Typer(
     name="bert-ticket",
-    help="Experiment runner for BERT lottery tickets (IMP, OMP, random pruning, EarlyBERT) and "
+    help="Experiment runner for BERT lottery tickets (IMP, OMP, random pruning, EarlyBERT, super tickets) and "
     "budget pre-training. Every verb takes Hydra overrides: key=value, +key=value, ~key.",
     no_args_is_help=True,
     # Shell completion: bert-ticket --install-completion (or --show-completion SHELL).
@@ -67,20 +67,24 @@ def _methods_line(verb: str) -> str | None:
 def _settings_lines(verb: str) -> list[str]:
     """The verb's settings, one line per key (key=default and its doc), grouped by section."""
     from bert_ticket_cli.config import docs
-    from bert_ticket_cli.config.schema import SCHEMAS, EarlyBertMethodConfig
+    from bert_ticket_cli.config.schema import SCHEMAS, EarlyBertMethodConfig, SuperTicketsMethodConfig
 
     groups = docs.sections(SCHEMAS[verb], top="report" if verb == "report" else "run")
-    if verb in ("prune", "pretrain"):  # the settings of method=earlybert (the others have none yet)
-        groups = [(name, items + list(docs.settings(EarlyBertMethodConfig, "method."))[1:] if name == "method"
-                   else items) for name, items in groups]
+    # the settings of the methods that have some, each under its own heading in the method section
+    method_settings = {"prune": [("earlybert", EarlyBertMethodConfig), ("super_tickets", SuperTicketsMethodConfig)],
+                       "pretrain": [("earlybert", EarlyBertMethodConfig)]}.get(verb, [])
     lines = ["Settings (key=schema default  what it is; --cfg prints this verb's composed values):"]
     for section, items in groups:
-        lines.append(f"  {section}:" + ("  (method=earlybert's settings below the name)"
-                                        if section == "method" and verb in ("prune", "pretrain") else ""))
+        lines.append(f"  {section}:")
         for key, default, doc in items:
             if key == "verb":
                 continue
             lines.append(f"    {key}={default}  {doc}".rstrip())
+        if section == "method":
+            for name, schema in method_settings:
+                lines.append(f"   with method {name}:")
+                lines += [f"    {key}={default}  {doc}".rstrip()
+                          for key, default, doc in list(docs.settings(schema, "method."))[1:]]
     return lines
 
 

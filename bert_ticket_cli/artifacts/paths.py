@@ -20,6 +20,10 @@
         stages/<stage>/              EarlyBERT: one sub-run per stage (search, compact, dense)
         stages/search/checks.safetensors   EarlyBERT: the ticket drawn at every check
         earlybird.json               EarlyBERT: check steps and mask-distance matrices
+        tickets/<kind>-<level>/      super tickets: one structured ticket per kind and level
+        levels/dense/, levels/<kind>-<level>/   super tickets: the full model, each ticket's training
+        importance.safetensors, importance.json   super tickets: head / FFN importance scores
+        importance.partial.safetensors            super tickets: an interrupted importance pass
         matrix.json                  transfer: source ticket x target task table
 
     and under the runs root, the report's index: .index/runs.sqlite
@@ -99,6 +103,30 @@ class RunDir:
     def ticket(self, level: int) -> Path:
         """The ticket folder of one prune level."""
         return self.root / TICKETS_DIR / f"level-{level:02d}"
+
+    @staticmethod
+    def super_name(kind: str, level: float) -> str:
+        """``winning-0.30``: a super-ticket kind at a level (ticket and sub-run folder name)."""
+        return f"{kind}-{level:.2f}"
+
+    def super_level(self, name: str) -> "RunDir":
+        """The sub-run of one super ticket (``super_name``) or of the full model (``dense``)."""
+        return RunDir(self.root / "levels" / name)
+
+    def super_ticket(self, name: str) -> Path:
+        return self.root / TICKETS_DIR / name
+
+    @property
+    def importance(self) -> Path:
+        return self.root / "importance.safetensors"
+
+    @property
+    def importance_json(self) -> Path:
+        return self.root / "importance.json"
+
+    @property
+    def importance_partial(self) -> Path:
+        return self.root / "importance.partial.safetensors"
 
     @property
     def earlybird_ticket(self) -> Path:

@@ -134,8 +134,36 @@ def _earlybert(eb: Any) -> list[str]:
     return errs
 
 
+def _super_tickets(st: Any) -> list[str]:
+    """Super tickets' settings (``method.*`` with method=super_tickets)."""
+    errs = []
+    if not st.levels:
+        errs.append("method.levels must list at least one level in (0, 1), e.g. method.levels=[0.1,0.2,0.3]")
+    for name in ("levels", "head_levels", "ffn_levels"):
+        values = getattr(st, name)
+        bad = [v for v in (values or []) if not 0 < v < 1]
+        if bad:
+            errs.append(f"method.{name} must be in (0, 1), got {bad[0]}")
+        if name != "levels" and values is not None and len(values) != len(st.levels):
+            errs.append(f"method.{name} needs one value per level ({len(st.levels)}), got {len(values)}")
+    if list(st.levels) != sorted(set(st.levels)):
+        errs.append(f"method.levels must increase (nested tickets), got {list(st.levels)}")
+    if st.ffn_unit not in ("layer", "neuron"):
+        errs.append(f"method.ffn_unit must be layer or neuron, got {st.ffn_unit!r}")
+    if st.min_heads_per_layer < 0:
+        errs.append(f"method.min_heads_per_layer must be >= 0, got {st.min_heads_per_layer}")
+    bad_kinds = [k for k in st.kinds if k not in ("winning", "random", "losing")]
+    if bad_kinds or not st.kinds or len(set(st.kinds)) != len(st.kinds):
+        errs.append(f"method.kinds must list winning, random and / or losing once each, got {list(st.kinds)}")
+    if st.save_models not in ("winning", "all", "none"):
+        errs.append(f"method.save_models must be winning, all or none, got {st.save_models!r}")
+    if st.importance_batches is not None and st.importance_batches < 1:
+        errs.append(f"method.importance_batches must be >= 1, got {st.importance_batches}")
+    return errs
+
+
 #: method name -> the rules of its settings.
-METHOD_RULES: dict[str, Callable[[Any], list[str]]] = {"earlybert": _earlybert}
+METHOD_RULES: dict[str, Callable[[Any], list[str]]] = {"earlybert": _earlybert, "super_tickets": _super_tickets}
 
 
 def _method(cfg: Any) -> list[str]:

@@ -141,7 +141,7 @@ class MethodConfig:
     settings live next to its name (``method.l1_heads=...``) and are checked against that
     method's dataclass (:data:`METHOD_SCHEMAS`)."""
 
-    #: dense (no ticket), imp, omp, random, earlybert; super_tickets arrives in a later release.
+    #: dense (no ticket), imp, omp, random, earlybert, super_tickets.
     name: str = "dense"
 
 
@@ -175,9 +175,39 @@ class RandomMethodConfig(MethodConfig):
 
 @dataclass
 class SuperTicketsMethodConfig(MethodConfig):
-    """Super tickets (a later release; no settings yet)."""
+    """Super tickets (``prune method=super_tickets``, Liang et al., ACL 2021): fine-tune, score
+    every head and FFN unit by first-order importance, mask nested levels, train the winning,
+    random and losing tickets of every level compacted from the pre-trained weights."""
 
     name: str = "super_tickets"
+
+    #: Levels in (0, 1): level l masks round(l x heads) heads and round(10 l / 12 x layers) FFN
+    #: sub-layers (the paper's grid: round(10 l) of BERT-base's 12).
+    levels: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    #: Separate grids (one value per level, fractions masked); None = from ``levels``.
+    head_levels: Optional[list[float]] = None
+    ffn_levels: Optional[list[float]] = None
+    #: layer: score and remove whole FFN sub-layers (the paper); neuron: single FFN neurons.
+    ffn_unit: str = "layer"
+    #: Divide each layer's head scores by their L2 norm before the global ranking.
+    normalize_heads: bool = True
+    #: Heads every layer keeps at every level.
+    min_heads_per_layer: int = 1
+    #: The tickets trained at every level: winning (lowest scores masked), random (same counts,
+    #: drawn without replacement), losing (highest scores masked).
+    kinds: list[str] = field(default_factory=lambda: ["winning", "random", "losing"])
+    #: random tickets: the winning ticket's count in every layer (true) or one global draw (false).
+    preserve_layer_ratio: bool = False
+    #: Seed of the random tickets; None = the run's seed.
+    random_seed: Optional[int] = None
+    #: Batches of the importance pass (over the training split, in order); None = all of it.
+    importance_batches: Optional[int] = None
+    #: Train the tickets in this run (false: stop after the tickets are written; train them
+    #: later with ``bert-ticket rewind ticket=...``).
+    train_tickets: bool = True
+    #: Which trained tickets keep their model/ folder (compacted, reloadable by eval): winning,
+    #: all or none (the full model's is always kept: the importance pass reads it).
+    save_models: str = "winning"
 
 
 @dataclass
@@ -391,7 +421,7 @@ class PruneRunConfig(RunConfig):
     """``bert-ticket prune``: find tickets with ``method=``."""
 
     verb: str = "prune"
-    #: The ticket-finding method and its settings (``method=imp|omp|random|earlybert``).
+    #: The ticket-finding method and its settings (``method=imp|omp|random|earlybert|super_tickets``).
     method: MethodConfig = field(default_factory=DenseMethodConfig)
     #: Ticket search settings of imp / omp / random.
     prune: PruneConfig = field(default_factory=PruneConfig)

@@ -142,6 +142,19 @@ class Session:
 
         return predict(self.accelerator, model, dataset, collate, batch_size, split=split)
 
+    def gradient_pass(self, model: Any, dataset: Any, collate: Callable, batch_size: int, **kwargs: Any) -> tuple[int, bool]:
+        """:func:`bert_ticket_cli.engine.scoring.gradient_pass` (forward + backward in a fixed
+        order, nothing updated) on this session's processes."""
+        from bert_ticket_cli.engine.scoring import gradient_pass
+
+        return gradient_pass(self.accelerator, model, dataset, collate, batch_size, **kwargs)
+
+    def reduce_sum(self, tensor: Any) -> Any:
+        """The sum of ``tensor`` over the processes (a collective), as a CPU tensor."""
+        if self.num_processes == 1:
+            return tensor.cpu()
+        return self.accelerator.reduce(tensor.to(self.device), reduction="sum").cpu()
+
     def prepare(self, model: Any) -> Any:
         """Place ``model`` on this session's device(s) (evaluation: no optimizer)."""
         return self.accelerator.prepare(model)

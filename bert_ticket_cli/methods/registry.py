@@ -18,9 +18,10 @@ METHODS = {
     "omp": "bert_ticket_cli.methods.omp",
     "random": "bert_ticket_cli.methods.random_pruning",
     "earlybert": "bert_ticket_cli.methods.earlybert_search",
+    "super_tickets": "bert_ticket_cli.methods.super_tickets",
 }
 #: Methods that a later release adds: method= name -> that release.
-LATER = {"super_tickets": "the super-tickets release"}
+LATER: dict[str, str] = {}
 
 
 def names() -> list[str]:

@@ -11,7 +11,9 @@ writes the same network in the original geometry, every removed unit present as 
 * a removed FFN neuron: its intermediate row and bias are zero (the activation of 0 is 0 for
   GELU / ReLU / SiLU) and its column of the FFN-output matrix is zero;
 * the output projections' biases (attention output, FFN output) are kept as they are: in the
-  compact model they are added whatever is kept, even when a layer keeps no head or no neuron.
+  compact model they are added whatever is kept, even when a layer keeps no head or no neuron;
+* a removed FFN sub-layer (super tickets; ``ffn_removed`` in the stored sizes): its intermediate
+  and output matrices *and the output bias* are zero, so the FFN adds exactly nothing.
 
 Everything else (embeddings, LayerNorms, pooler, task heads, dtypes) is copied unchanged, so
 ``AutoModelFor*.from_pretrained`` (no bert_ticket code) loads the folder and computes the
@@ -85,7 +87,13 @@ def padded_state_dict(state: dict[str, torch.Tensor], config: dict[str, Any],
             raise UserError(f"{name} names layer {found.group('layer')}, but config.json has {n_layers} layers: "
                             f"the folder is not a consistent compacted model; re-save it with bert-ticket")
     dtype = _reference_dtype(state, prefix)
+    removed = {int(i) for i in sizes.get("ffn_removed") or []}
     for i, layer in enumerate(layers):
+        if i in removed:  # no FFN tensors at all in the compact model: zeros, output bias included
+            layer[f"{_INTER}.weight"] = torch.zeros(0, hidden, dtype=dtype)
+            layer[f"{_INTER}.bias"] = torch.zeros(0, dtype=dtype)
+            layer[f"{_FFN_OUT}.weight"] = torch.zeros(hidden, 0, dtype=dtype)
+            layer[f"{_FFN_OUT}.bias"] = torch.zeros(hidden, dtype=dtype)
         rows = (heads_pos[i][:, None] * head_size + torch.arange(head_size)).flatten()
         for proj in _QKV:  # absent when the layer keeps no head
             _pad_into(layer, f"{proj}.weight", 0, rows, (n_heads * head_size, hidden), dtype, i)

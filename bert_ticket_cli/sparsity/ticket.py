@@ -3,12 +3,14 @@
 One type for every method.  *Unstructured* tickets (IMP, random pruning) hold a bool mask per
 prunable matrix, named relative to the base BERT model (see :mod:`.prunable`); *structured*
 tickets (EarlyBERT, super tickets) hold bool ``heads [layers, heads]`` and
-``neurons [layers, intermediate]``.  True always means *kept*.
+``neurons [layers, intermediate]``, and super tickets that remove whole FFN sub-layers also
+``ffn_layers [layers]`` (False: the layer's FFN is gone, output bias included; its neurons are
+all False too).  True always means *kept*.
 
 On disk a ticket is a folder with two files::
 
     ticket.safetensors   the masks (bool tensors "masks/<name>", "structure/heads",
-                         "structure/neurons"); its header metadata (str -> str) carries the
+                         "structure/neurons", "structure/ffn_layers"); its header metadata (str -> str) carries the
                          format, the mask order, the fingerprint and the whole ``meta`` as JSON
     ticket.json          what a person (or ``jq``) reads: method, level, sparsity over the
                          prunable set and over all model parameters, per-matrix sparsity,
@@ -61,6 +63,7 @@ JSON_FILE = TICKET_JSON
 MASK_PREFIX = "masks/"
 HEADS_KEY = "structure/heads"
 NEURONS_KEY = "structure/neurons"
+FFN_LAYERS_KEY = "structure/ffn_layers"
 #: Masks the model may lack (skipped by check_fits): models built without a pooler.
 OPTIONAL_MASKS = frozenset({POOLER})
 
@@ -88,6 +91,7 @@ class Ticket:
     heads: torch.Tensor | None = None
     neurons: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    ffn_layers: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.masks = {str(n): _as_bool(f"mask {n}", m) for n, m in dict(self.masks or {}).items()}
@@ -98,6 +102,14 @@ class Ticket:
                 if value.dim() != 2:
                     raise ValueError(f"{attr} must be a [layers, n] mask, got shape {_shape(value)}")
                 setattr(self, attr, value)
+        if self.ffn_layers is not None:
+            self.ffn_layers = _as_bool("ffn_layers", self.ffn_layers)
+            if self.ffn_layers.dim() != 1:
+                raise ValueError(f"ffn_layers must be a [layers] mask, got shape {_shape(self.ffn_layers)}")
+            if self.neurons is None or self.neurons.shape[0] != self.ffn_layers.numel():
+                raise ValueError("ffn_layers needs neurons with one row per layer")
+            if bool(self.neurons[~self.ffn_layers].any()):
+                raise ValueError("a removed FFN layer (ffn_layers False) keeps no neuron")
         self.meta = dict(self.meta or {})
 
     # ------------------------------------------------------------------- summaries
@@ -106,6 +118,11 @@ class Ticket:
     def kind(self) -> str:
         """``structured`` if the ticket has heads or neurons, else ``unstructured``."""
         return "structured" if (self.heads is not None or self.neurons is not None) else "unstructured"
+
+    @property
+    def structure(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(heads, neurons, ffn_layers)`` of a structured ticket (what ``compact_`` takes)."""
+        return self.heads, self.neurons, self.ffn_layers
 
     def _counted(self) -> list[torch.Tensor]:
         if self.masks:
@@ -143,6 +160,8 @@ class Ticket:
             shapes[HEADS_KEY] = tuple(self.heads.shape)
         if self.neurons is not None:
             shapes[NEURONS_KEY] = tuple(self.neurons.shape)
+        if self.ffn_layers is not None:
+            shapes[FFN_LAYERS_KEY] = tuple(self.ffn_layers.shape)
         return shapes
 
     def fingerprint(self) -> str:
@@ -178,6 +197,8 @@ class Ticket:
             tensors[HEADS_KEY] = self.heads.detach().to("cpu", torch.bool).contiguous()
         if self.neurons is not None:
             tensors[NEURONS_KEY] = self.neurons.detach().to("cpu", torch.bool).contiguous()
+        if self.ffn_layers is not None:
+            tensors[FFN_LAYERS_KEY] = self.ffn_layers.detach().to("cpu", torch.bool).contiguous()
         fingerprint = self.fingerprint()
         header = {
             "format": FORMAT,
@@ -228,6 +249,9 @@ class Ticket:
                 "neurons": None if self.neurons is None else _shape(self.neurons),
                 "kept_neurons": None if self.neurons is None else int(torch.count_nonzero(self.neurons)),
             }
+            if self.ffn_layers is not None:
+                record["structure"]["ffn_layers"] = _shape(self.ffn_layers)
+                record["structure"]["kept_ffn_layers"] = int(torch.count_nonzero(self.ffn_layers))
         record["per_matrix_sparsity"] = {n: round(v, 8) for n, v in self.per_matrix_sparsity().items()}
         record["meta"] = meta
         return record
@@ -271,7 +295,12 @@ class Ticket:
         masks = {n[len(MASK_PREFIX):]: t for n, t in tensors.items() if n.startswith(MASK_PREFIX)}
         ordered = {n: masks.pop(n) for n in order if n in masks}
         ordered.update(sorted(masks.items()))
-        return cls(ordered, tensors.get(HEADS_KEY), tensors.get(NEURONS_KEY), meta)
+        try:
+            return cls(ordered, tensors.get(HEADS_KEY), tensors.get(NEURONS_KEY), meta,
+                       ffn_layers=tensors.get(FFN_LAYERS_KEY))
+        except ValueError as exc:
+            raise UserError(f"{tensors_path} is not a consistent ticket ({exc}): re-create it with "
+                            f"bert-ticket prune") from None
 
     # ------------------------------------------------------------------------ models
 
@@ -311,6 +340,9 @@ class Ticket:
             if _shape(units) != want:
                 raise UserError(f"{self._describe()} does not fit this model: {attr} is {_shape(units)} in the "
                                 f"ticket and {want} in the model; use a ticket found on the same architecture")
+        if self.ffn_layers is not None and self.ffn_layers.numel() != int(config.num_hidden_layers):
+            raise UserError(f"{self._describe()} does not fit this model: it has {self.ffn_layers.numel()} FFN "
+                            f"layers, the model {config.num_hidden_layers}; use a ticket found on the same architecture")
 
     def is_subset_of(self, other: "Ticket") -> bool:
         """True when every weight (head, neuron) kept here is also kept in ``other``: the
@@ -321,7 +353,8 @@ class Ticket:
                 return False
             if bool((mask & ~theirs.to(mask.device)).any()):
                 return False
-        for mine, theirs in ((self.heads, other.heads), (self.neurons, other.neurons)):
+        for mine, theirs in ((self.heads, other.heads), (self.neurons, other.neurons),
+                             (self.ffn_layers, other.ffn_layers)):
             if mine is None:
                 continue
             if theirs is None or theirs.shape != mine.shape or bool((mine & ~theirs.to(mine.device)).any()):

@@ -8,9 +8,10 @@ of ``transfer``).
 - ``reinit``: the same mask, encoder weights re-drawn from the model's initialiser (random
   re-initialisation baseline).
 
-A *structured* ticket (EarlyBERT: kept heads and FFN neurons) is trained physically
-compacted, from its rewind point (the pre-trained weights); ``random`` draws the same number
-of heads and neurons in every layer at random positions, ``reinit`` re-draws the weights.
+A *structured* ticket (EarlyBERT, super tickets: kept heads, FFN neurons or whole FFN
+sub-layers) is trained physically compacted, from its rewind point (the pre-trained weights);
+``random`` draws the same number of heads and neurons in every layer at random positions (and
+as many whole FFN sub-layers, when the ticket removes those), ``reinit`` re-draws the weights.
 
 With no ticket this is dense fine-tuning, the full-model baseline of every experiment.
 Reads top to bottom: ticket -> setup -> data and weights -> train -> save.
@@ -142,6 +143,10 @@ def ticket_structure(cfg: RunConfig, ticket) -> tuple | None:
     if cfg.ticket.variant == "random":
         from bert_ticket_cli.methods.random_masks import random_units_like
 
-        return (random_units_like(ticket.heads, seed=cfg.ticket.seed, name="heads"),
-                random_units_like(ticket.neurons, seed=cfg.ticket.seed, name="neurons"))
-    return ticket.heads, ticket.neurons
+        heads = random_units_like(ticket.heads, seed=cfg.ticket.seed, name="heads")
+        if ticket.ffn_layers is None:
+            return heads, random_units_like(ticket.neurons, seed=cfg.ticket.seed, name="neurons")
+        # whole FFN sub-layers removed: the same number of layers, drawn at random
+        layers = random_units_like(ticket.ffn_layers[None], seed=cfg.ticket.seed, name="ffn_layers")[0]
+        return heads, layers[:, None].expand_as(ticket.neurons).clone(), layers
+    return ticket.structure

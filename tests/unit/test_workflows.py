@@ -14,13 +14,11 @@ from bert_ticket_cli.workflows.stages import run_stages
 
 
 def test_registry_names_every_method_and_refuses_the_others():
-    assert registry.names() == ["imp", "omp", "random", "earlybert"]
-    assert {registry.get(n).workflow for n in registry.names()} == {"lottery", "earlybert"}
+    assert registry.names() == ["imp", "omp", "random", "earlybert", "super_tickets"]
+    assert {registry.get(n).workflow for n in registry.names()} == {"lottery", "earlybert", "super_tickets"}
     assert all(registry.get(n).name == n for n in registry.names())
-    with pytest.raises(UserError, match=r"method=super_tickets arrives with the super-tickets release; "
-                                        r"available now: method=imp\|omp\|random\|earlybert"):
-        registry.get("super_tickets")
-    with pytest.raises(UserError, match=r"prune needs method=imp\|omp\|random\|earlybert \(got method=dense\)"):
+    with pytest.raises(UserError, match=r"prune needs method=imp\|omp\|random\|earlybert\|super_tickets "
+                                        r"\(got method=dense\)"):
         registry.get("dense")
 
 
