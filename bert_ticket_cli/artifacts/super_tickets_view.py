@@ -11,17 +11,19 @@ counted here (that would count every seed twice).
 **Experiments, never pooled.**  Seeds are averaged only within one *experiment*, keyed as in
 ``artifacts/tickets_view.py``: the base key of a dense fine-tune (task, ``model.*``,
 ``task.*``, ``train.*`` but what does not change the weights) plus the super-tickets settings,
-``method.*`` (``prune.super_tickets.*`` too, should a run store them there), except what only
-picks points on the curve or the draw: the level grid (``method.levels``; a level means the
-same ticket counts in any grid) and any ``*seed`` key (the run's seed is what is averaged over).
-Several seeds = several prune runs of the same settings, one experiment.  The full model of an
-experiment is the ``kind == "full"`` sub-run (``levels/dense``) of those runs: a plain dense
-run elsewhere is not mixed in.
+``method.*``, except what changes no trained ticket (``POINT_KEYS``: the level grid
+``method.levels``, as a level means the same ticket counts in any grid; ``method.kinds``;
+``train_tickets``; ``save_models``) and any ``*seed`` key (``method.random_seed``: the seed
+is what is averaged over).  Separate head / FFN grids (``method.head_levels`` /
+``ffn_levels``) change what a level means: they stay in the key.  Several seeds = several
+prune runs of the same settings, one experiment.  The full model of an experiment is the
+``kind == "full"`` sub-run (``levels/dense``) of those runs: a plain dense run elsewhere is
+not mixed in.
 
-**The super ticket**: among the winning levels, the best mean (ties: the higher level, the
-smaller model).  It *beats full* only when its mean is strictly above the full model's mean
-(the report shows both stds; with fewer than 2 seeds on a side it says so).  Metrics are
-higher-is-better, except names with ``loss`` or ``perplexity``.
+**The super ticket**: among the winning levels, the best mean (ties: the lower level, as the
+run's own summary picks it).  It *beats full* only when its mean is strictly above the full
+model's mean (the report shows both stds; with fewer than 2 seeds on a side it says so).
+Metrics are higher-is-better, except names with ``loss`` or ``perplexity``.
 
 Pure functions over flattened summary rows (``artifacts.index.query``); nothing here reads files.
 """
@@ -41,8 +43,9 @@ from bert_ticket_cli.artifacts.tickets_view import _digest, _label, base_setting
 ROLE, RUN_ROLE = "super_ticket", "super_tickets"
 #: Ticket kinds in table / legend order; "full" is the dense model (level 0).
 KINDS = ("full", "winning", "random", "losing")
-#: ``method.*`` keys that pick points on the curve or the random draw (not the experiment).
-POINT_KEYS = {"method.levels", "method.name"}
+#: ``method.*`` keys that change no trained ticket: the level grid (a level is the same ticket in
+#: any grid), which kinds are trained, whether tickets train in the run, which models are saved.
+POINT_KEYS = {"method.name", "method.levels", "method.kinds", "method.train_tickets", "method.save_models"}
 #: Columns of the machine-readable rows (``format=json|csv``), in order.
 FIELDS = ["task", "model", "experiment", "setting", "metric", "kind", "level", "mean", "std", "n",
           "kept_fraction", "kept_fraction_total", "heads_kept", "heads_total", "ffn_kept", "ffn_total",
@@ -114,12 +117,12 @@ class Experiment:
         return higher_is_better(self.metric)
 
     def super_ticket(self) -> tuple[float, Cell] | None:
-        """(level, cell) of the winning level with the best mean; ties: the higher level."""
+        """(level, cell) of the winning level with the best mean; ties: the lower level."""
         winning = self.cells.get("winning", {})
         if not winning:
             return None
         sign = 1.0 if self.higher_is_better else -1.0
-        level = max(winning, key=lambda lv: (sign * winning[lv].mean, lv))
+        level = max(winning, key=lambda lv: (sign * winning[lv].mean, -lv))
         return level, winning[level]
 
     def beats_full(self) -> bool | None:
@@ -155,7 +158,7 @@ def method_settings(row: dict[str, Any]) -> dict[str, Any]:
     """The super-tickets part of the experiment key (see the module docstring)."""
     out = {}
     for k, v in row.items():
-        if not k.startswith(("config.method.", "config.prune.super_tickets.")):
+        if not k.startswith("config.method."):
             continue
         key = k[len("config."):]
         if key in POINT_KEYS or key.rsplit(".", 1)[-1].endswith("seed"):

@@ -33,7 +33,8 @@ def _config(task: str, seed: int, lr: float, levels: list[float], ffn_unit: str 
             "model": {"name": "tiny", "name_or_path": None},
             "task": {"name": task, "max_seq_length": 128},
             "train": {"lr": lr, "batch_size": 32, "epochs": 6, "warmup_ratio": 0.1, "log_every": 50},
-            "method": {"name": "super_tickets", "levels": levels, "ffn_unit": ffn_unit, "seed": seed}}
+            "method": {"name": "super_tickets", "levels": levels, "ffn_unit": ffn_unit, "random_seed": seed,
+                       "normalize_heads": True, "kinds": ["winning", "random", "losing"][:1 + seed % 3]}}
 
 
 def _run(root: Path, name: str, *, task: str = "mrpc", seed: int, values: dict, lr: float = 5e-5,
@@ -149,9 +150,10 @@ def test_beats_full_needs_a_strictly_higher_mean(tmp_path):
     (exp,) = super_tickets_view.build(_rows(root))
     assert exp.super_ticket()[0] == 0.1 and exp.beats_full() is False
     assert "does not beat full" in super_tickets_view.verdict(exp)
-    # equal means: not "beats"; a tie between two levels goes to the higher level (the smaller model)
+    # equal means: not "beats"; a tie between two levels goes to the lower level (as the run's summary)
     root2 = tmp_path / "runs2"
-    _run(root2, "s1", seed=1, values={("full", 0.0): 0.80, ("winning", 0.1): 0.80, ("winning", 0.2): 0.80})
+    _run(root2, "s1", seed=1, values={("full", 0.0): 0.80, ("winning", 0.1): 0.70, ("winning", 0.2): 0.80,
+                                      ("winning", 0.3): 0.80})
     (exp,) = super_tickets_view.build(_rows(root2))
     assert exp.super_ticket()[0] == 0.2 and exp.beats_full() is False
     assert "fewer than 2 seeds" in super_tickets_view.verdict(exp)
@@ -176,8 +178,9 @@ def test_experiments_are_never_pooled(runs):
     assert mrpc["method.ffn_unit=neuron, train.lr=5e-05"].full.mean == pytest.approx(0.20)
     (rte,) = [e for e in exps if e.task == "rte"]
     assert rte.label == "" and rte.beats_full() is True
-    # the seed (top-level and method.seed) and the level grid are not part of the key
-    assert not any(k.endswith("seed") or k == "method.levels" for k in main.settings)
+    # the seed (top-level and method.random_seed), the level grid and the kinds trained are not part of the key
+    assert not any(k.endswith("seed") or k in ("method.levels", "method.kinds") for k in main.settings)
+    assert "method.normalize_heads" in main.settings
 
 
 def test_report_json_csv_table(runs, capsys):
