@@ -12,7 +12,9 @@ batches (random real lengths, padded; binary labels), with three sides:
 * importance -- the scoring pass of the method over the same batches: a copy of the model in
   eval mode with every parameter frozen (``requires_grad=False``: only the gates get
   gradients), ``ImportanceProbe(model, ffn_unit)`` hooked in, per batch forward, backward,
-  ``probe.accumulate()``; then ``probe.scores()`` and ``probe.remove()`` (inside the timing);
+  ``probe.accumulate()``; then ``probe.scores()`` and ``probe.remove()`` (inside the timing).
+  This is the loop of ``engine/scoring.gradient_pass`` that the workflow runs, without its
+  DataLoader (the epoch side has none either: both iterate over the same tensors);
 * compact    -- a copy of the model compacted (``compact_``) to the **winning ticket at level
   0.5** of the scores of an untimed importance pass (``nested_tickets(levels=[0.5])``: half the
   heads by a global ranking, at least one kept per layer, and the level's share of FFN layers
@@ -237,13 +239,14 @@ class Importance(Side):
             probe.remove()
 
 
-def winning_ticket(scores: tuple[torch.Tensor, torch.Tensor], ffn_unit: str, seed: int):
-    """(heads [L,H], neurons [L,I], ffn_layers [L] or None) of the winning ticket at ``LEVEL``."""
+def winning_ticket(scores: tuple[torch.Tensor, torch.Tensor], size: dict, ffn_unit: str, seed: int):
+    """(heads [L,H], neurons [L,I], ffn_layers [L] or None) of the winning ticket at ``LEVEL``
+    (the method's defaults: head scores L2-normalised per layer, one head kept per layer)."""
     from bert_ticket_cli.methods.super_tickets import nested_tickets
 
     heads, ffn = scores
     (ticket,) = nested_tickets(heads, ffn, levels=[LEVEL], kind="winning", seed=seed, min_heads_per_layer=1,
-                               ffn_unit=ffn_unit)
+                               ffn_unit=ffn_unit, intermediate_size=size["intermediate"])
     return ticket
 
 
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if tuple(heads_scores.shape) != (size["layers"], size["heads"]) or not bool(torch.isfinite(heads_scores).all()):
         raise SystemExit(f"importance: head scores {tuple(heads_scores.shape)}, finite "
                          f"{bool(torch.isfinite(heads_scores).all())}: expected finite [{size['layers']}, {size['heads']}]")
-    heads, neurons, ffn_layers = winning_ticket(scorer.scores, args.ffn_unit, args.seed)
+    heads, neurons, ffn_layers = winning_ticket(scorer.scores, size, args.ffn_unit, args.seed)
     compact_model = compact_(copy.deepcopy(dense), heads, neurons, ffn_layers=ffn_layers)
     ffn_kept = kept_neurons(size, neurons, ffn_layers)
     heads_kept = [int(h) for h in heads.bool().sum(dim=1)]
