@@ -225,7 +225,7 @@ def phase_transition(exp: Any, path: Path) -> Path:
         level, cell = best
         x = cell.field_mean("kept_fraction")
         x = 100 * (x if x is not None else 1.0 - level)
-        word = {True: "beats full", False: "below full", None: ""}[exp.beats_full()]
+        word = {True: "beats full", False: "does not beat full", None: ""}[exp.beats_full()]
         ax.plot([x], [cell.mean], marker="*", ms=16, color="gold", markeredgecolor="black", ls="none", zorder=5,
                 label=f"super ticket: level {level:.2f}, {cell.mean:.3f}" + (f" ({word})" if word else ""))
     ax.invert_xaxis()  # left: the full model; right: smaller tickets (the phase transition reads left to right)

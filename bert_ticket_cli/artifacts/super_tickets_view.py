@@ -254,7 +254,7 @@ TABLE_COLUMNS = ["kind", "level", "heads kept", "ffn kept", "encoder kept", "tot
                  "vs full", "train s", "super ticket"]
 
 
-def display_row(row: dict[str, Any], higher: bool = True) -> list[str]:
+def display_row(row: dict[str, Any]) -> list[str]:
     """The table cells of one row (see ``TABLE_COLUMNS``)."""
 
     def pct(v: Any) -> str:
@@ -269,8 +269,7 @@ def display_row(row: dict[str, Any], higher: bool = True) -> list[str]:
     delta = "-" if row["delta_full"] is None else f"{row['delta_full']:+.4f}"
     mark = ""
     if row["super_ticket"]:
-        mark = {True: "* beats full", False: "* below full" if higher else "* worse than full",
-                None: "*"}[row["beats_full"]]
+        mark = {True: "* beats full", False: "* does not beat full", None: "*"}[row["beats_full"]]
     return [row["kind"], f"{row['level']:.2f}", count(row["heads_kept"], row["heads_total"]),
             count(row["ffn_kept"], row["ffn_total"]), pct(row["kept_fraction"]), pct(row["kept_fraction_total"]),
             f"{row['mean']:.4f} {spread}", str(row["n"]), delta,

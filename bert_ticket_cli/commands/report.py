@@ -302,7 +302,7 @@ def _super_tickets(cfg: ReportConfig, root: Path, rows: list[dict], index: Path)
             for c in stv.TABLE_COLUMNS:
                 t.add_column(c, justify="left" if c in ("kind", "super ticket") else "right")
             for r in stv.table_rows(e):
-                t.add_row(*stv.display_row(r, e.higher_is_better))
+                t.add_row(*stv.display_row(r))
             console.print(t)
             console.print(stv.verdict(e))
         open_runs = sum(1 for r in records(index, include_unfinished=True)

@@ -150,6 +150,8 @@ def test_beats_full_needs_a_strictly_higher_mean(tmp_path):
     (exp,) = super_tickets_view.build(_rows(root))
     assert exp.super_ticket()[0] == 0.1 and exp.beats_full() is False
     assert "does not beat full" in super_tickets_view.verdict(exp)
+    cells = [super_tickets_view.display_row(r) for r in super_tickets_view.table_rows(exp)]
+    assert [c[-1] for c in cells] == ["", "* does not beat full", ""]
     # equal means: not "beats"; a tie between two levels goes to the lower level (as the run's summary)
     root2 = tmp_path / "runs2"
     _run(root2, "s1", seed=1, values={("full", 0.0): 0.80, ("winning", 0.1): 0.70, ("winning", 0.2): 0.80,
