@@ -189,7 +189,11 @@ def importance(run: Run, method: Any, data: Any, tokenizer: Any) -> tuple[torch.
     session.check_stop("before the importance pass")
     session.set_seed(cfg.seed)
     model = build_model(cfg.model, kind=data.info.kind, num_labels=data.info.num_labels, vocab_size=len(tokenizer))
-    load_into(model, _saved_weights(rd.super_level(DENSE).model))
+    state = _saved_weights(rd.super_level(DENSE).model)
+    missing = sorted(set(model.state_dict()) - set(state))
+    if missing or load_into(model, state) != len(model.state_dict()):
+        raise UserError(f"{rd.super_level(DENSE).model} does not hold every weight of the model (e.g. "
+                        f"{(missing or ['a shape mismatch'])[0]}): re-run with overwrite=true")
     for p in model.parameters():  # only the gates need gradients: no weight gradients are computed
         p.requires_grad_(False)
     probe = method.probe(model, st)
