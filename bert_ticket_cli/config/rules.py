@@ -83,6 +83,33 @@ def _task(cfg: Any) -> list[str]:
     return errs
 
 
+def _multitask(cfg: Any) -> list[str]:
+    """``rewind``'s multi-task settings: ``task=multi`` and ``multitask.tasks`` go together."""
+    m, errs = cfg.multitask, []
+    multi = cfg.task.name == "multi"
+    if multi and len(m.tasks) < 2:
+        errs.append(f"task=multi needs multitask.tasks with two or more tasks, e.g. multitask.tasks=[sst2,mrpc], "
+                    f"got {list(m.tasks)}")
+    if not multi and (m.tasks or m.tickets or m.tickets_from):
+        errs.append("multitask.* is for task=multi (several tasks sharing one encoder): add task=multi")
+    dup = sorted({t for t in m.tasks if list(m.tasks).count(t) > 1})
+    if dup:
+        errs.append(f"multitask.tasks lists {dup[0]} twice: each task once")
+    for t in m.tasks:
+        if t in ("multi", "mlm", "squad", "synthetic"):
+            errs.append(f"multitask.tasks: {t} is not a GLUE classification or regression task")
+    stray = sorted(set(m.tickets) - set(m.tasks))
+    if stray:
+        errs.append(f"multitask.tickets names {stray[0]}, which is not in multitask.tasks {list(m.tasks)}")
+    if m.sampling not in ("proportional", "uniform", "temperature"):
+        errs.append(f"multitask.sampling must be proportional, uniform or temperature, got {m.sampling!r}")
+    if m.temperature <= 0:
+        errs.append(f"multitask.temperature must be > 0, got {m.temperature}")
+    if multi and cfg.ticket.path is not None:
+        errs.append("task=multi takes one ticket per task (multitask.tickets / multitask.tickets_from), not ticket=")
+    return errs
+
+
 def _model(cfg: Any) -> list[str]:
     if cfg.model.attn_implementation not in ("sdpa", "eager"):
         return [f"'model.attn_implementation' must be sdpa or eager, got {cfg.model.attn_implementation!r}"]
@@ -255,7 +282,7 @@ _COMMON = (_run, _train, _engine, _task, _model)
 
 #: verb -> the rule sets of its sections, in the order their problems are reported.
 RULES: dict[str, tuple[Callable[[Any], list[str]], ...]] = {
-    "rewind": _COMMON,
+    "rewind": (*_COMMON, _multitask),
     "eval": _COMMON,
     "transfer": _COMMON,
     "prune": (*_COMMON, _prune, _method),

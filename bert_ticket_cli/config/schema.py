@@ -43,7 +43,8 @@ class SyntheticConfig:
 
 @dataclass
 class TaskConfig:
-    #: Task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, squad, mlm, or synthetic.
+    #: Task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, squad, mlm, synthetic, or multi
+    #: (rewind: several tasks sharing one encoder, see multitask.*).
     name: str = "synthetic"
     #: Local folder in the original GLUE TSV layout (train.tsv, dev.tsv, test.tsv) or SQuAD JSON.
     data_dir: Optional[str] = None
@@ -296,6 +297,28 @@ class TicketConfig:
 
 
 @dataclass
+class MultiTaskConfig:
+    """Multi-task learning with shared tickets (``bert-ticket rewind task=multi``): one encoder,
+    a head per task, each task's batches and evaluation through its own structured ticket."""
+
+    #: The tasks sharing the encoder (GLUE names, e.g. [sst2,mrpc,stsb,rte]); task.* settings
+    #: (data_dir: a folder of GLUE task folders, max_seq_length, max_train_samples) apply to each.
+    tasks: list[str] = field(default_factory=list)
+    #: Which task each step's batch comes from: proportional (every batch of every task once
+    #: per epoch, shuffled: MT-DNN), uniform, or temperature (p_t ~ n_t^(1/T)).
+    sampling: str = "proportional"
+    #: T of temperature sampling.
+    temperature: float = 2.0
+    #: Each task's structured ticket folder, e.g. {sst2: runs/prune/<run>/tickets/winning-0.30};
+    #: a task named by neither this nor tickets_from trains dense.
+    tickets: dict[str, str] = field(default_factory=dict)
+    #: Pick the super ticket of every other task from the super-ticket runs under this folder
+    #: (the winning level with the best dev mean over seeds; the ticket of this run's seed when
+    #: there is one); None = none picked.
+    tickets_from: Optional[str] = None
+
+
+@dataclass
 class TransferConfig:
     """The transfer matrix (``bert-ticket transfer``): every ticket trained on every task."""
 
@@ -414,6 +437,8 @@ class RewindRunConfig(RunConfig):
     method: MethodConfig = field(default_factory=DenseMethodConfig)
     #: The ticket to train (``ticket=PATH`` is short for ``ticket.path=PATH``).
     ticket: TicketConfig = field(default_factory=TicketConfig)
+    #: Multi-task learning with shared tickets (task=multi).
+    multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
 
 
 @dataclass

@@ -34,6 +34,49 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+SAMPLINGS = ("proportional", "uniform", "temperature")
+
+
+def grouped_order(sizes: list[int], global_batch: int, seed: int, epoch: int, *, sampling: str = "proportional",
+                  temperature: float = 1.0) -> tuple[np.ndarray, list[int]]:
+    """One epoch's order over several datasets concatenated (group ``g``'s rows at
+    ``sum(sizes[:g]) + 0..sizes[g]-1``) in which every global batch comes from one group (a
+    multi-task epoch): ``(order, group of each step)``.
+
+    The epoch has ``sum(sizes[g] // global_batch)`` steps (each group's last partial batch is
+    dropped).  ``proportional``: every whole batch of every group once, the batches in a seeded
+    shuffled order (MT-DNN's sampling).  ``uniform`` / ``temperature``: each step's group drawn
+    with probability ``1 / G`` or ``n_g^(1/T) / sum``; a group's batches are taken from seeded
+    permutations of its rows, a fresh one each time the group's rows run out.  A pure function of
+    ``(seed, epoch)``: identical on every process and for every process count."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    per_group = [int(n) // int(global_batch) for n in sizes]
+    steps = sum(per_group)
+    if steps == 0:
+        raise UserError(f"no task has a whole global batch (train.batch_size={global_batch}) of training data")
+    rng = np.random.default_rng([seed, epoch, 0])
+    if sampling == "proportional":
+        groups = np.repeat(np.arange(len(sizes)), per_group)
+        rng.shuffle(groups)
+    else:
+        weights = np.ones(len(sizes)) if sampling == "uniform" else np.power(np.asarray(sizes, float), 1.0 / temperature)
+        weights = np.where(np.asarray(per_group) > 0, weights, 0.0)
+        groups = rng.choice(len(sizes), size=steps, p=weights / weights.sum())
+    used = [0] * len(sizes)
+    perms: dict[tuple[int, int], np.ndarray] = {}
+    out = np.empty(steps * global_batch, dtype=np.int64)
+    for step, g in enumerate(groups.tolist()):
+        wrap, k = divmod(used[g], per_group[g])
+        used[g] += 1
+        perm = perms.get((g, wrap))
+        if perm is None:
+            perm = perms[(g, wrap)] = np.random.default_rng([seed, epoch, 1, g, wrap]).permutation(sizes[g])
+        out[step * global_batch:(step + 1) * global_batch] = perm[k * global_batch:(k + 1) * global_batch] + offsets[g]
+    return out, groups.tolist()
+
+
 class ChunkedOrder:
     """One epoch's order of ``n`` rows without an array of size ``n``.
 

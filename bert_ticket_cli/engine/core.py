@@ -276,12 +276,12 @@ class StepCore:
                  plan: BatchPlan, seed: int, run: RunDir, evaluate: Callable[[torch.nn.Module], dict] | None,
                  hooks: list[StepHooks] = (), penalty: Callable[[], torch.Tensor] | None = None,
                  num_workers: int = 0, pin_memory: bool = False, count_tokens: bool = False,
-                 poison: bool = False):
+                 poison: bool = False, per_epoch: int | None = None):
         self.accelerator, self.train, self.plan, self.seed, self.run = accelerator, train, plan, seed, run
         self.train_dataset, self.collate, self.evaluate = train_dataset, collate, evaluate
         self.hooks, self.penalty, self.num_workers, self.pin_memory = hooks, penalty, num_workers, pin_memory
         self.count_tokens, self.poison = count_tokens, poison  # poison: the NaN fault hook (signals.poison_loss)
-        self.per_epoch = steps_per_epoch(len(train_dataset), plan.global_batch)
+        self.per_epoch = per_epoch or steps_per_epoch(len(train_dataset), plan.global_batch)
         # Forget the models and optimizers of earlier trainings in this process (IMP levels,
         # EarlyBERT stages): save_state / load_state act on every prepared object, so a resumed
         # later level would otherwise load the first level's weights into its own model.

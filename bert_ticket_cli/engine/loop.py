@@ -9,7 +9,7 @@ planned steps or a hook's ``stop_training`` end it.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -58,15 +58,20 @@ def fit(
     num_workers: int = 0,
     penalty: Callable[[], torch.Tensor] | None = None,
     label: str | None = None,
+    order: Callable[[int], Any] | None = None,
+    per_epoch: int | None = None,
 ) -> TrainResult:
     """Train ``model``; ``penalty()`` (e.g. EarlyBERT's L1 on its coefficients) is added to
     every micro-batch's loss (scaled for accumulation like it); logged losses are the task's.
-    ``label`` (``level 2/9``, ``stage compact``) prefixes the log lines and names the bar."""
-    per_epoch = steps_per_epoch(len(train_dataset), plan.global_batch)
+    ``label`` (``level 2/9``, ``stage compact``) prefixes the log lines and names the bar.
+    ``order(epoch)`` / ``per_epoch``: another data order than a permutation of the dataset and
+    its optimizer steps per epoch (a multi-task order: each global batch from one task), still
+    a pure function of (seed, epoch)."""
+    per_epoch = per_epoch or steps_per_epoch(len(train_dataset), plan.global_batch)
     n_steps = total_steps(train, per_epoch)
     core = StepCore(accelerator=accelerator, model=model, train_dataset=train_dataset, collate=collate, train=train,
                     plan=plan, seed=seed, run=run, evaluate=evaluate, hooks=hooks, penalty=penalty,
-                    num_workers=num_workers)
+                    num_workers=num_workers, per_epoch=per_epoch)
     # Our own schedule stepping: Accelerate's wrapper would step it once per process.
     scheduler = make_schedule(core.optimizer, train, n_steps)
     state = core.resume(resume_from, scheduler)
@@ -76,10 +81,10 @@ def fit(
         progress.line(f"{where}resumed from {resume_from} at step {state.step}/{n_steps}")
     preempted = core.start(state, progress)  # a stop signal already pending: stop before the first step
 
-    def order(epoch: int):
+    def permutation(epoch: int):
         return epoch_order(len(train_dataset), seed, epoch)
 
-    for _ in () if state.step >= n_steps or preempted else core.steps(state, order):
+    for _ in () if state.step >= n_steps or preempted else core.steps(state, order or permutation):
         if not accelerator.optimizer_step_was_skipped:
             scheduler.step()
         state.elapsed_s = core.elapsed()

@@ -165,12 +165,13 @@ class Session:
         save_model(self.accelerator, model, tokenizer, dest)
 
 
-def start_session(cfg: Any, *, deepspeed: bool = True) -> Session:
+def start_session(cfg: Any, *, deepspeed: bool = True, find_unused_parameters: bool = False) -> Session:
     """Start the processes' engine for ``cfg.engine`` / ``cfg.train``.  ``deepspeed=False``
     uses plain DDP whatever the engine says: evaluation needs no optimizer, which DeepSpeed's
-    ZeRO engine insists on."""
+    ZeRO engine insists on.  ``find_unused_parameters``: a model with parameters that a step may
+    not use (a multi-task model's other task heads)."""
     from bert_ticket_cli.engine.setup import make_accelerator, plan_batches, world_size_from_env
 
     plan = plan_batches(cfg.train, world_size_from_env())
     engine = cfg.engine if deepspeed else replace(cfg.engine, deepspeed=None)
-    return Session(make_accelerator(engine, cfg.train, plan), plan)
+    return Session(make_accelerator(engine, cfg.train, plan, find_unused_parameters=find_unused_parameters), plan)

@@ -57,7 +57,9 @@ def deepspeed_config(engine: EngineConfig, train: TrainConfig, plan: BatchPlan) 
     return ds
 
 
-def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan):
+def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan, *, find_unused_parameters: bool = False):
+    """The Accelerator for ``engine``; ``find_unused_parameters``: DDP tolerates parameters that a
+    step does not use (a multi-task model's idle task heads)."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
@@ -94,6 +96,10 @@ def make_accelerator(engine: EngineConfig, train: TrainConfig, plan: BatchPlan):
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=deepspeed_config(engine, train, plan))
+    if find_unused_parameters:
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        kwargs.setdefault("kwargs_handlers", []).append(DistributedDataParallelKwargs(find_unused_parameters=True))
     accelerator = Accelerator(
         cpu=accelerate_cpu,
         mixed_precision=mixed,

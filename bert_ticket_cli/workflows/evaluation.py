@@ -56,7 +56,10 @@ def run(cfg: RunConfig) -> int:
     from bert_ticket_cli.tasks import load_task_data, task_info
     from bert_ticket_cli.engine.session import start_session
     from bert_ticket_cli.model.build import build_model, load_tokenizer
+    from bert_ticket_cli.model.multitask import is_multitask_dir
 
+    if is_multitask_dir(source):
+        return evaluate_multitask(cfg, source)
     if cfg.run_name is None:
         cfg.run_name = _default_run_name(cfg, source)
     rd = run_dir(cfg)
@@ -115,6 +118,64 @@ def run(cfg: RunConfig) -> int:
                     info.kind, "AutoModelForSequenceClassification")
                 print(f"exported as a plain full-size BERT: {exported}\n  load it with plain transformers: "
                       f"from transformers import {auto}; model = {auto}.from_pretrained({exported!r})", flush=True)
+        return 0
+    finally:
+        session.shutdown()
+
+
+def evaluate_multitask(cfg: RunConfig, source: str) -> int:
+    """A saved multi-task model (``rewind task=multi``): every task's dev splits through its own
+    ticket.  The tasks and their data settings come from the model's ``multitask.json``;
+    ``task.data_dir`` / ``task.max_eval_samples`` given here replace the recorded ones."""
+    import statistics
+
+    from bert_ticket_cli.engine.session import start_session
+    from bert_ticket_cli.model.build import load_tokenizer
+    from bert_ticket_cli.model.multitask import ENCODER_DIR, load_multitask
+    from bert_ticket_cli.tasks import load_task_data
+    from bert_ticket_cli.workflows.context import composed_default
+    from bert_ticket_cli.workflows.multitask import TaskView
+
+    if cfg.eval.export is not None:
+        raise UserError("eval.export=padded exports one BERT; a multi-task model is an encoder with several heads "
+                        "and tickets: load it with bert_ticket_cli.model.multitask.load_multitask")
+    model, spec, tickets = load_multitask(source)
+    default = composed_default("eval").task
+    recorded = spec.get("task_settings", {})
+    settings = {k: (getattr(cfg.task, k) if getattr(cfg.task, k) != getattr(default, k) else recorded.get(k, getattr(default, k)))
+                for k in ("data_dir", "max_seq_length", "max_eval_samples")}
+    if cfg.run_name is None:
+        p = Path(source)
+        cfg.run_name = f"multi-{p.parent.name if p.name == 'model' else p.name}"
+    cfg.task = replace(cfg.task, name="multi", **settings)
+    rd = run_dir(cfg)
+    session = start_session(cfg, deepspeed=False)
+    main = session.is_main
+    try:
+        started = now()
+        tokenizer = load_tokenizer(replace(cfg.model, name_or_path=str(Path(source) / ENCODER_DIR), tokenizer=None),
+                                   cfg.task)
+        names = list(model.task_names)
+        datas = {}
+        with session.main_process_first():
+            for name in names:
+                datas[name] = load_task_data(replace(cfg, task=replace(cfg.task, name=name)), tokenizer, train=False)
+        for data in datas.values():
+            note_data(task_data_fingerprint(data))
+        prepared = session.prepare(model)
+        commit_run(OpenedRun(rd), cfg, is_main=main)
+        metrics: dict[str, float] = {}
+        for i, name in enumerate(names):
+            scores = session.evaluator(datas[name], cfg.eval.batch_size)(TaskView(prepared, i))
+            metrics.update({f"{name}/{k}": v for k, v in scores.items()})
+        metrics["average"] = statistics.mean(metrics[f"{n}/{datas[n].main_metric_key()}"] for n in names)
+        if main:
+            append_jsonl(rd.metrics, {"event": "eval", "checkpoint": str(source), **metrics})
+            write_summary(rd, cfg, metrics=metrics, main_metric="average", started=started, extra={
+                "checkpoint": str(source), "role": "multitask_eval", "tasks": names,
+                "tickets": {n: t.meta.get("path") for n, t in tickets.items()},
+                "kept_fraction": spec.get("kept_fraction"), **evaluated_model(cfg, str(source))})
+            print_metrics_table(f"multi-task ({rd.root.name})", metrics)
         return 0
     finally:
         session.shutdown()

@@ -58,9 +58,10 @@ class Run:
 
 
 def run_workflow(cfg: Any, body: Callable[[Run], int], *,
-                 on_finished: Callable[[dict[str, Any]], None] | None = None) -> int:
+                 on_finished: Callable[[dict[str, Any]], None] | None = None, **session_options: Any) -> int:
     """Open the run and call ``body(run)``; its exit status (75 when preempted).  A finished
-    run is reported (``on_finished(summary)`` prints its results) and not run again."""
+    run is reported (``on_finished(summary)`` prints its results) and not run again.
+    ``session_options`` go to ``start_session``."""
     from bert_ticket_cli.engine import signals
     from bert_ticket_cli.engine.session import start_session
 
@@ -68,7 +69,7 @@ def run_workflow(cfg: Any, body: Callable[[Run], int], *,
         signals.check("before the run started")  # e.g. while Python imported the libraries
     except signals.StopRequested as stop:
         return _stopped(stop, True)
-    session = start_session(cfg)
+    session = start_session(cfg, **session_options)
     try:
         opened = open_run(cfg)
         session.wait_for_everyone()
