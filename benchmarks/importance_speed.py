@@ -42,7 +42,7 @@ Output: a table, then as the last line of stdout one JSON object::
 Run::
 
     .venv/bin/python benchmarks/importance_speed.py --quick     # 4 layers, hidden 384, seq 64: well under a minute
-    .venv/bin/python benchmarks/importance_speed.py             # BERT-base geometry, seq 128, batch 8: minutes on 2 cores
+    .venv/bin/python benchmarks/importance_speed.py             # BERT-base geometry, seq 128: minutes on 2 cores
     .venv/bin/python benchmarks/importance_speed.py --device cuda --bf16
 """
 
@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     heads_scores, ffn_scores = scorer.scores
     if tuple(heads_scores.shape) != (size["layers"], size["heads"]) or not bool(torch.isfinite(heads_scores).all()):
         raise SystemExit(f"importance: head scores {tuple(heads_scores.shape)}, finite "
-                         f"{bool(torch.isfinite(heads_scores).all())}: expected finite [{size['layers']}, {size['heads']}]")
+                         f"{bool(torch.isfinite(heads_scores).all())}: expected finite "
+                         f"[{size['layers']}, {size['heads']}]")
     heads, neurons, ffn_layers = winning_ticket(scorer.scores, size, args.ffn_unit, args.seed)
     compact_model = compact_(copy.deepcopy(dense), heads, neurons, ffn_layers=ffn_layers)
     ffn_kept = kept_neurons(size, neurons, ffn_layers)
@@ -316,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"super tickets' costs: {size['layers']} layers, hidden {size['hidden']}, {size['heads']} heads, "
-                        f"intermediate {size['intermediate']}, seq {size['seq_len']}, batch {size['batch_size']}, "
+    table = Table(title=f"super tickets' costs: {size['layers']} layers, hidden {size['hidden']}, "
+                        f"{size['heads']} heads, intermediate {size['intermediate']}, seq {size['seq_len']}, "
+                        f"batch {size['batch_size']}, "
                         f"{size['batches']} batches per epoch / pass; compact: winning ticket at level {LEVEL} "
                         f"(ffn_unit={args.ffn_unit}); {args.device}{' bf16' if args.bf16 else ''}, {attn}, "
                         f"{torch.get_num_threads()} threads",
@@ -337,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"<= {AIM['importance_ratio']}", f"FLOPs {flops_ratio:.3f}")
     table.add_row(f"compacted training (level {LEVEL})", f"{per_batch_ms['compact']:.1f}",
                   *_common.rounds_cells(rounds["compact"]), f"[b]{compact_ratio:.3f}[/b] (fastest {compact_min:.3f})",
-                  f"<= {AIM['compact_step_ratio']}", f"params {params_ratio:.3f}, linear FLOPs {linear_flops_ratio:.3f}")
+                  f"<= {AIM['compact_step_ratio']}",
+                  f"params {params_ratio:.3f}, linear FLOPs {linear_flops_ratio:.3f}")
     Console(width=190).print(table)
 
     _common.emit_result({

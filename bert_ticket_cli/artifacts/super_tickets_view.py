@@ -232,7 +232,9 @@ def _int_mean(cell: Cell, key: str) -> float | int | None:
 def _pm(cell: Cell | None) -> str:
     if cell is None:
         return "-"
-    return f"{cell.mean:.4f} +- {cell.std:.4f} (n={cell.n})" if cell.std is not None else f"{cell.mean:.4f} (n=1, no std)"
+    if cell.std is None:
+        return f"{cell.mean:.4f} (n=1, no std)"
+    return f"{cell.mean:.4f} +- {cell.std:.4f} (n={cell.n})"
 
 
 def verdict(exp: Experiment) -> str:

@@ -273,8 +273,8 @@ def _report(cfg: Any) -> list[str]:
     if cfg.view not in REPORT_VIEWS:
         errs.append(f"'view' must be runs, tickets, earlybert, pretrain or super_tickets, got {cfg.view!r}")
     if cfg.metric is not None and (not str(cfg.metric).strip() or cfg.view not in ("tickets", "super_tickets")):
-        errs.append(f"'metric' picks the metric of view=tickets or view=super_tickets (e.g. metric=f1), got {cfg.metric!r} "
-                    f"with view={cfg.view}")
+        errs.append(f"'metric' picks the metric of view=tickets or view=super_tickets (e.g. metric=f1), "
+                    f"got {cfg.metric!r} with view={cfg.view}")
     return errs
 
 

@@ -12,8 +12,8 @@ from tests.conftest import cli
 
 pytestmark = pytest.mark.integration
 
-BASE = ["experiment=demo", "task.synthetic.n_train=64", "task.synthetic.n_validation=64", "train.epochs=1", "train.log_every=100",
-        "method=super_tickets", "method.levels=[0.5]", "method.kinds=[winning]"]
+BASE = ["experiment=demo", "task.synthetic.n_train=64", "task.synthetic.n_validation=64", "train.epochs=1",
+        "train.log_every=100", "method=super_tickets", "method.levels=[0.5]", "method.kinds=[winning]"]
 
 
 def _json(out, *args):
