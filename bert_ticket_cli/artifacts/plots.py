@@ -181,3 +181,64 @@ def pretrain_loss(curves: list[dict[str, Any]], path: Path, log_y: bool | None =
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+#: Colour per super-ticket kind (Liang et al.'s phase-transition figure).
+TICKET_COLORS = {"winning": "tab:green", "random": "tab:blue", "losing": "tab:red"}
+
+
+def phase_transition(exp: Any, path: Path) -> Path:
+    """Super tickets' phase transition: the dev metric against the fraction of encoder weights
+    kept, one line per ticket kind (mean over seeds, a +- std band), the full model as a
+    horizontal band (mean +- std), the super ticket starred.
+
+    ``exp`` is a ``super_tickets_view.Experiment``; raises ``ValueError`` unless one kind has
+    >= 2 levels (``report`` skips such an experiment with one line)."""
+    if not exp.plottable():
+        raise ValueError(f"{exp.task}: no ticket kind with >= 2 levels")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    full = exp.full
+    if full is not None:
+        m, s = full.mean, full.std
+        ax.axhline(m, color="black", lw=1.2, ls="--",
+                   label=f"full model {m:.3f}" + (f" ± {s:.3f}" if s is not None else "") + f" (n={full.n})")
+        if s is not None:  # one seed has no std: no band
+            ax.axhspan(m - s, m + s, color="gray", alpha=0.2, lw=0)
+    for kind in ("winning", "random", "losing"):
+        cells = exp.cells.get(kind, {})
+        if not cells:
+            continue
+        pts = []
+        for level in sorted(cells):
+            c = cells[level]
+            x = c.field_mean("kept_fraction")
+            pts.append((100 * (x if x is not None else 1.0 - level), c.mean, c.std or 0.0))
+        pts.sort()
+        xs, ys, es = ([p[i] for p in pts] for i in range(3))
+        color = TICKET_COLORS[kind]
+        ax.plot(xs, ys, marker="o", ms=4, lw=1.6, color=color, label=f"{kind} tickets")
+        ax.fill_between(xs, [y - e for y, e in zip(ys, es)], [y + e for y, e in zip(ys, es)], color=color,
+                        alpha=0.18, lw=0)
+    best = exp.super_ticket()
+    if best is not None:
+        level, cell = best
+        x = cell.field_mean("kept_fraction")
+        x = 100 * (x if x is not None else 1.0 - level)
+        word = {True: "beats full", False: "does not beat full", None: ""}[exp.beats_full()]
+        ax.plot([x], [cell.mean], marker="*", ms=16, color="gold", markeredgecolor="black", ls="none", zorder=5,
+                label=f"super ticket: level {level:.2f}, {cell.mean:.3f}" + (f" ({word})" if word else ""))
+    ax.invert_xaxis()  # left: the full model; right: smaller tickets (the phase transition reads left to right)
+    ax.set_xlabel("encoder weights kept (%)")
+    ax.set_ylabel(f"dev {exp.metric}")
+    ns = sorted({c.n for cells in exp.cells.values() for c in cells.values()})
+    seeds = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+    ax.set_title(f"super tickets: {exp.title}\n{exp.metric}: mean ± std over {seeds} seed{'s' if ns[-1] > 1 else ''}",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -35,7 +35,8 @@ Verdicts need >= 2 seeds on both sides (a standard deviation); otherwise the ver
 ``-`` (one seed has no std, and a mean difference of 0.0004 is no evidence).
 
 Not tasks of this view: pre-training (``verb=pretrain``; ``view=pretrain``), transfer runs
-(the transfer heatmap), evaluations, structured tickets (``view=earlybert``), prune
+(the transfer heatmap), evaluations, structured tickets (``view=earlybert``,
+``view=super_tickets``), prune
 trajectories (their levels are the rows), and runs without a ``summary.json``.
 """
 
@@ -207,6 +208,8 @@ def included(row: dict[str, Any]) -> bool:
         return False
     if row.get("role") in ("earlybert", "stage", "pretrain") or row.get("ticket_kind") == "structured":
         return False  # structured tickets (EarlyBERT): report view=earlybert
+    if row.get("role") in ("super_ticket", "super_tickets") or row.get("method") == "super_tickets":
+        return False  # structured tickets (super tickets): report view=super_tickets
     return True
 
 

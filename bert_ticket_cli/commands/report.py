@@ -5,7 +5,9 @@ summary field, dotted for nested ones (``metrics.f1=0.9``); ``view=tickets`` agg
 seeds with the lottery-ticket verdicts, ``view=earlybert`` shows one row per EarlyBERT run
 (early-bird step, search / compact / dense times, time saving, dense and random-ticket
 baselines), ``view=pretrain`` one row per pre-training run (budget, elapsed time, steps,
-tokens/s, stop reason, final validation MLM loss); ``plot=true`` draws the figures;
+tokens/s, stop reason, final validation MLM loss), ``view=super_tickets`` per experiment,
+ticket kind and level mean +- std over seeds, parameters kept, training time, the super ticket
+and whether it beats the full model; ``plot=true`` draws the figures;
 ``columns=[metrics.f1]`` adds columns; ``format=csv|json`` prints machine-readable output
 instead of the rich table.
 
@@ -13,8 +15,9 @@ Trust rules: a filter key that no indexed run has exits 2 with "did you mean" (w
 at all, ``report`` says so instead); ``view=runs`` also lists runs without a ``summary.json``
 (status ``interrupted``: has a checkpoint; ``unfinished``: none yet, running or crashed, which
 cannot be told apart without a heartbeat); no other view counts them.  ``view=tickets`` never
-pools experiments (artifacts/tickets_view.py), ``metric=NAME`` picks its verdict metric, and
-a sparsity figure is drawn only for a method with >= 2 sparsity points.
+pools experiments (artifacts/tickets_view.py), nor does ``view=super_tickets``
+(artifacts/super_tickets_view.py); ``metric=NAME`` picks their metric, and a sparsity figure
+(phase-transition figure) is drawn only for a method (ticket kind) with >= 2 points.
 """
 
 from __future__ import annotations
@@ -62,12 +65,17 @@ def run(cfg: ReportConfig) -> int:
         return _earlybert(cfg, root, rows, query(index, []) if cfg.where else rows)
     if cfg.view == "pretrain":
         return _pretrain(cfg, root, rows)
+    if cfg.view == "super_tickets":
+        return _super_tickets(cfg, root, rows, index)
     from bert_ticket_cli.artifacts.earlybert_view import stage_run_name
+    from bert_ticket_cli.artifacts.super_tickets_view import sub_run_name
 
     rows = [r for r in rows if r.get("role") != "trajectory"]  # its levels are rows of their own
     for r in rows:  # EarlyBERT stage sub-runs (search / compact / dense) are named <run>/<stage>
         if r.get("role") == "stage":
             r["run_name"] = stage_run_name(r)
+        elif r.get("role") == "super_ticket":  # super-tickets sub-runs: <run>/<kind>-<level>
+            r["run_name"] = sub_run_name(r)
     columns = DEFAULT_COLUMNS + [c for c in cfg.columns if c not in DEFAULT_COLUMNS]
     rows.sort(key=lambda r: _sort_key(r.get(cfg.sort)))
 
@@ -256,4 +264,61 @@ def _pretrain(cfg: ReportConfig, root: Path, rows: list[dict]) -> int:
             print(f"plot: {plots.pretrain_loss(curves, out / 'pretrain_loss.png')}")
         else:
             print("plot: skipped pretrain_loss.png: no metrics.jsonl with loss points in the runs' folders")
+    return 0
+
+
+def _super_tickets(cfg: ReportConfig, root: Path, rows: list[dict], index: Path) -> int:
+    """Per experiment, ticket kind and level: mean +- std over seeds, parameters kept, the super
+    ticket; ``plot=true``: one phase-transition figure per experiment."""
+    from bert_ticket_cli.artifacts import super_tickets_view as stv
+    from bert_ticket_cli.errors import UserError
+
+    exps = stv.build(rows, cfg.metric)
+    if cfg.metric and not exps and any(stv.included(r) for r in rows):  # not just filtered away
+        have = sorted({k.split(".", 1)[1] for r in rows if stv.included(r) for k in r if k.startswith("metrics.")})
+        raise UserError(f"report: no super-tickets run has metric {cfg.metric!r}"
+                        + (f" (they have: {', '.join(have)})" if have else "") + ": pick metric=NAME or drop it")
+    flat = [row for e in exps for row in stv.table_rows(e)]
+    if cfg.format == "json":
+        json.dump(flat, sys.stdout, indent=2, default=str)
+        print()
+    elif cfg.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(stv.FIELDS)
+        for r in flat:
+            writer.writerow([r[k] for k in stv.FIELDS])
+    else:
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        console = Console() if sys.stdout.isatty() else Console(width=180)
+        if not exps:
+            console.print(f"no super-tickets runs (prune method=super_tickets) under {root}"
+                          + (f" where {', '.join(cfg.where)}" if cfg.where else ""))
+        for e in exps:
+            t = Table(title=Text(f"super tickets: {e.title} ({e.metric}): mean +- std over seeds; kept = fraction "
+                                 f"of encoder / all parameters; * = super ticket (best winning level)"))
+            for c in stv.TABLE_COLUMNS:
+                t.add_column(c, justify="left" if c in ("kind", "super ticket") else "right")
+            for r in stv.table_rows(e):
+                t.add_row(*stv.display_row(r))
+            console.print(t)
+            console.print(stv.verdict(e))
+        open_runs = sum(1 for r in records(index, include_unfinished=True)
+                        if r.get("status") in (INTERRUPTED, UNFINISHED))
+        if open_runs:
+            console.print(f"{open_runs} interrupted / unfinished run(s) not counted: report view=runs lists them")
+    if cfg.plot:
+        from bert_ticket_cli.artifacts import plots
+
+        out = Path(cfg.plot_dir).expanduser() if cfg.plot_dir else root / "report"
+        tasks = [e.task for e in exps]
+        for e in exps:
+            name = (f"{e.task}_super_tickets.png" if tasks.count(e.task) == 1
+                    else f"{e.task}_{e.experiment}_super_tickets.png")
+            if not e.plottable():
+                print(f"plot: skipped {name}: no ticket kind with >= 2 levels in {e.title}")
+                continue
+            print(f"plot: {plots.phase_transition(e, out / name)}")
     return 0

@@ -524,15 +524,19 @@ class ReportConfig:
     #: full model, IMP, OMP, random pruning and random re-init, with the matching verdicts;
     #: earlybert: per EarlyBERT run, early-bird step, search / compact / dense times, time saving,
     #: dense and random-ticket baselines; pretrain: per pre-training run, budget, elapsed time,
-    #: steps, tokens/s, stop reason, final validation MLM loss / accuracy / perplexity.
+    #: steps, tokens/s, stop reason, final validation MLM loss / accuracy / perplexity;
+    #: super_tickets: per experiment, ticket kind (full, winning, random, losing) and level,
+    #: mean +- std over seeds, parameters kept, training time, the super ticket and whether it
+    #: beats the full model.
     view: str = "runs"
     #: Draw the papers' figures (sparsity -> metric curves, transfer heatmaps, EarlyBERT
-    #: mask-distance heatmaps, pre-training loss vs elapsed time) as PNG files.
+    #: mask-distance heatmaps, pre-training loss vs elapsed time, super tickets' phase
+    #: transition) as PNG files.
     plot: bool = False
     #: Where the PNG files go; None = <output_dir>/report.
     plot_dir: Optional[str] = None
-    #: view=tickets: the metric of the means and verdicts (a key of the runs' metrics, e.g. f1,
-    #: accuracy); None = each task's main metric.
+    #: view=tickets / super_tickets: the metric of the means and verdicts (a key of the runs'
+    #: metrics, e.g. f1, accuracy); None = each task's main metric.
     metric: Optional[str] = None
 
 
