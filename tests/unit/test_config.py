@@ -9,7 +9,7 @@ from bert_ticket_cli.config.compose import CONF_DIR, compose, config_groups, to_
 from bert_ticket_cli.config.schema import SCHEMAS, RunConfig
 from bert_ticket_cli.errors import UserError
 
-REQUIRED = {("model", "local"): ["model.name_or_path=/some/dir"]}
+REQUIRED = {("model", "local"): ["model.name_or_path=/some/dir"], ("task", "multi"): ["multitask.tasks=[sst2,rte]"]}
 
 
 def _all_group_choices():
