@@ -210,6 +210,8 @@ def included(row: dict[str, Any]) -> bool:
         return False  # structured tickets (EarlyBERT): report view=earlybert
     if row.get("role") in ("super_ticket", "super_tickets") or row.get("method") == "super_tickets":
         return False  # structured tickets (super tickets): report view=super_tickets
+    if row.get("role") in ("multitask", "multitask_eval"):
+        return False  # several tasks in one run: report view=multitask
     return True
 
 

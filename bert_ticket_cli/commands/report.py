@@ -67,6 +67,8 @@ def run(cfg: ReportConfig) -> int:
         return _pretrain(cfg, root, rows)
     if cfg.view == "super_tickets":
         return _super_tickets(cfg, root, rows, index)
+    if cfg.view == "multitask":
+        return _multitask(cfg, root, rows)
     from bert_ticket_cli.artifacts.earlybert_view import stage_run_name
     from bert_ticket_cli.artifacts.super_tickets_view import sub_run_name
 
@@ -321,4 +323,42 @@ def _super_tickets(cfg: ReportConfig, root: Path, rows: list[dict], index: Path)
                 print(f"plot: skipped {name}: no ticket kind with >= 2 levels in {e.title}")
                 continue
             print(f"plot: {plots.phase_transition(e, out / name)}")
+    return 0
+
+
+def _multitask(cfg: ReportConfig, root: Path, rows: list[dict]) -> int:
+    """Per multi-task experiment: dense MTL against Tickets-Share, each task's main metric, the
+    average score and the encoder fraction each task uses (mean +- std over seeds)."""
+    from bert_ticket_cli.artifacts import multitask_view as mv
+
+    experiments = mv.build(rows)
+    flat = [r for e in experiments for r in mv.table_rows(e)]
+    if cfg.format == "json":
+        json.dump(flat, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    if cfg.format == "csv":
+        fields = sorted({k for r in flat for k in r}, key=lambda k: (k not in ("experiment", "arm", "seeds"), k))
+        writer = csv.writer(sys.stdout)
+        writer.writerow(fields)
+        for r in flat:
+            writer.writerow([r.get(k) for k in fields])
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    if not experiments:
+        console.print(f"no multi-task runs (bert-ticket rewind task=multi) under {root}"
+                      + (f" where {', '.join(cfg.where)}" if cfg.where else ""))
+        return 0
+    for exp in experiments:
+        t = Table(title=f"{exp.title}: dev main metric x 100, mean +- std over seeds; encoder used = fraction of "
+                        f"the encoder layers' parameters in each task's ticket")
+        for c in ("model", "seeds", *exp.tasks, "average", "encoder used"):
+            t.add_column(c, justify="left" if c == "model" else "right")
+        for r in mv.table_rows(exp):
+            t.add_row(r["arm"], str(r["seeds"]), *(mv.cell(r[task], r[f"{task}_std"]) for task in exp.tasks),
+                      mv.cell(r["average"], r["average_std"]), f"{100 * r['kept_mean']:.1f}%")
+        console.print(t)
     return 0

@@ -18,7 +18,7 @@ from bert_ticket_cli.errors import UserError
 PRETRAIN_METHODS = ("dense", "earlybert")
 
 #: What ``report view=`` accepts.
-REPORT_VIEWS = ("runs", "tickets", "earlybert", "pretrain", "super_tickets")
+REPORT_VIEWS = ("runs", "tickets", "earlybert", "pretrain", "super_tickets", "multitask")
 
 #: ``tracking.log_with`` names -> the modules that must import for it (any one of them).
 TRACKERS: dict[str, tuple[str, ...]] = {
@@ -299,7 +299,7 @@ def _report(cfg: Any) -> list[str]:
     if cfg.format not in ("table", "csv", "json"):
         errs.append(f"'format' must be table, csv or json, got {cfg.format!r}")
     if cfg.view not in REPORT_VIEWS:
-        errs.append(f"'view' must be runs, tickets, earlybert, pretrain or super_tickets, got {cfg.view!r}")
+        errs.append(f"'view' must be runs, tickets, earlybert, pretrain, super_tickets or multitask, got {cfg.view!r}")
     if cfg.metric is not None and (not str(cfg.metric).strip() or cfg.view not in ("tickets", "super_tickets")):
         errs.append(f"'metric' picks the metric of view=tickets or view=super_tickets (e.g. metric=f1), "
                     f"got {cfg.metric!r} with view={cfg.view}")

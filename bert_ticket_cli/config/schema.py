@@ -527,7 +527,8 @@ class ReportConfig:
     #: steps, tokens/s, stop reason, final validation MLM loss / accuracy / perplexity;
     #: super_tickets: per experiment, ticket kind (full, winning, random, losing) and level,
     #: mean +- std over seeds, parameters kept, training time, the super ticket and whether it
-    #: beats the full model.
+    #: beats the full model; multitask: per multi-task experiment, dense MTL vs tickets-share,
+    #: each task's metric, the average and the encoder fraction each task uses.
     view: str = "runs"
     #: Draw the papers' figures (sparsity -> metric curves, transfer heatmaps, EarlyBERT
     #: mask-distance heatmaps, pre-training loss vs elapsed time, super tickets' phase

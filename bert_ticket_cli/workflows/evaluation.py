@@ -160,8 +160,8 @@ def evaluate_multitask(cfg: RunConfig, source: str) -> int:
         with session.main_process_first():
             for name in names:
                 datas[name] = load_task_data(replace(cfg, task=replace(cfg.task, name=name)), tokenizer, train=False)
-        for data in datas.values():
-            note_data(task_data_fingerprint(data))
+        note_data({f"{name}/{split}": fp for name, data in datas.items()
+                   for split, fp in task_data_fingerprint(data).items()})
         prepared = session.prepare(model)
         commit_run(OpenedRun(rd), cfg, is_main=main)
         metrics: dict[str, float] = {}

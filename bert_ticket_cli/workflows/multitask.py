@@ -102,8 +102,8 @@ def load_all(cfg: RunConfig, session: Any, tokenizer: Any) -> dict[str, Any]:
                 raise UserError(f"multitask.tasks: {name} is a {data.info.kind} task; multi-task learning takes "
                                 f"GLUE classification and regression tasks")
             datas[data.info.name] = data
-    for data in datas.values():
-        note_data(task_data_fingerprint(data))
+    note_data({f"{name}/{split}": fp for name, data in datas.items()
+               for split, fp in task_data_fingerprint(data).items()})
     return datas
 
 

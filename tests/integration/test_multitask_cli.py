@@ -186,3 +186,21 @@ def test_bad_inputs_exit_2_with_one_line(setup, tmp_path, extra, needle):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr[-1000:]
     assert not (tmp_path / "runs" / "rewind").exists() or not any((tmp_path / "runs" / "rewind").rglob("summary.json"))
+
+
+def test_report_view_multitask_compares_the_arms(setup):
+    root, _, _, _ = setup
+    r = cli("report", "view=multitask", "format=json", f"output_dir={root / 'runs'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {row["arm"]: row for row in json.loads(r.stdout)}
+    assert set(rows) == {"dense", "tickets-share"} and len({row["experiment"] for row in rows.values()}) == 1
+    for arm, name in (("dense", "dense"), ("tickets-share", "share")):
+        s = _summary(root, name)
+        assert rows[arm]["seeds"] == 1 and rows[arm]["average_std"] is None
+        assert rows[arm]["average"] == pytest.approx(s["main_value"])
+        for task in ("sst2", "rte", "stsb"):
+            assert rows[arm][task] == pytest.approx(s["task_main_metrics"][task])
+            assert rows[arm][f"{task}_kept"] == pytest.approx(s["kept_fraction"][task])
+    assert rows["tickets-share"]["kept_mean"] < rows["dense"]["kept_mean"] == 1.0
+    table = cli("report", "view=multitask", f"output_dir={root / 'runs'}")
+    assert table.returncode == 0 and "tickets-share" in table.stdout and "encoder used" in table.stdout
