@@ -64,3 +64,21 @@ def test_sbatch_maps_the_array_and_requeues_only_itself(tmp_path):
     assert failed.returncode == 1 and "SCONTROL" not in failed.stdout
     past = _sbatch(tmp_path, 0, 10)
     assert past.returncode == 0 and "nothing to do" in past.stdout and "SRUN" not in past.stdout
+
+
+def test_multitask_targets_differ_in_the_ticket_setting_only(tmp_path):
+    import shlex
+
+    from bert_ticket_cli.config.compose import compose, validate
+
+    out = _make("mtl-dense", "mtl-share", "SEED=2", "GLUE_DIR=/data/glue", "BT=bt", "MT_TASKS=sst2 mrpc stsb rte",
+                cwd=tmp_path)
+    dense, share = [shlex.split(line)[2:] for line in out.replace("\\\n", " ").splitlines() if "rewind" in line]
+    assert "multitask.tasks=[sst2,mrpc,stsb,rte]" in dense and "train.epochs=5" in dense
+    assert "multitask.sampling=proportional" in dense and "task.data_dir=/data/glue" in dense
+    extra = set(share) - set(dense)
+    assert {a.split("=")[0] for a in extra} == {"run_name", "multitask.tickets_from"}
+    for args in (dense, share):  # the commands compose and validate as they are
+        cfg = validate(compose("rewind", args), "rewind")
+        assert cfg.task.name == "multi" and cfg.multitask.tasks == ["sst2", "mrpc", "stsb", "rte"]
+    assert "view=multitask" in _make("mtl-table", cwd=tmp_path)
