@@ -173,6 +173,7 @@ def test_tickets_picked_from_super_ticket_runs(setup, tmp_path):
     (["multitask.tasks=[sst2,rte]", "multitask.tickets={cola:/x}"], "cola"),
     (["multitask.tasks=[sst2,rte]", "multitask.sampling=random"], "multitask.sampling"),
     (["multitask.tasks=[sst2,rte]", "multitask.tickets={sst2:{bad}}"], "does not fit"),
+    (["multitask.tasks=[sst2,rte]", "multitask.tickets={sst2:{flat}}"], "not a structured ticket"),
 ])
 def test_bad_inputs_exit_2_with_one_line(setup, tmp_path, extra, needle):
     root, base, _, _ = setup
@@ -180,7 +181,9 @@ def test_bad_inputs_exit_2_with_one_line(setup, tmp_path, extra, needle):
     t = Ticket.load(bad)
     Ticket({}, heads=torch.ones(LAYERS, HEADS + 2, dtype=torch.bool), neurons=t.neurons,
            meta={"model": "other"}).save(tmp_path / "other-shape")
-    args = [a.replace("{bad}", str(tmp_path / "other-shape")) for a in extra]
+    Ticket({"encoder.layer.0.attention.self.query.weight": torch.ones(32, 32, dtype=torch.bool)},
+           meta={"method": "imp"}).save(tmp_path / "flat")
+    args = [a.replace("{bad}", str(tmp_path / "other-shape")).replace("{flat}", str(tmp_path / "flat")) for a in extra]
     kept = [a for a in base if not a.startswith(("multitask.tasks", "output_dir"))]
     r = cli("rewind", *kept, *args, f"output_dir={tmp_path / 'runs'}")
     lines = r.stderr.strip().splitlines()
