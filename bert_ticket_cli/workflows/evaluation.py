@@ -170,7 +170,7 @@ def evaluate_multitask(cfg: RunConfig, source: str) -> int:
             metrics.update({f"{name}/{k}": v for k, v in scores.items()})
         metrics["average"] = statistics.mean(metrics[f"{n}/{datas[n].main_metric_key()}"] for n in names)
         if main:
-            append_jsonl(rd.metrics, {"event": "eval", "checkpoint": str(source), **metrics})
+            session.log_record(rd, {"event": "eval", "checkpoint": str(source), **metrics})
             write_summary(rd, cfg, metrics=metrics, main_metric="average", started=started, extra={
                 "checkpoint": str(source), "role": "multitask_eval", "tasks": names,
                 "tickets": {n: t.meta.get("path") for n, t in tickets.items()},
