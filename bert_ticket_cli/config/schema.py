@@ -348,6 +348,62 @@ class PretrainConfig:
 
 
 @dataclass
+class LocalLauncherConfig:
+    #: Jobs of a sweep run at once on this machine (each in its own process).
+    parallel: int = 1
+
+
+@dataclass
+class SlurmLauncherConfig:
+    """``launcher=slurm``: one Slurm job array through submitit (the names of hydra-submitit-launcher)."""
+
+    #: sbatch --partition / --qos / --account / --constraint / --exclude (None: the cluster's default).
+    partition: Optional[str] = None
+    qos: Optional[str] = None
+    account: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    #: Time limit of each array task, in minutes (a task stopped at the limit is requeued and resumes).
+    timeout_min: int = 60
+    #: Nodes and processes per node of each job; several processes get RANK / WORLD_SIZE /
+    #: MASTER_ADDR / MASTER_PORT exported for Accelerate.
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: Optional[int] = None
+    cpus_per_task: Optional[int] = None
+    mem_gb: Optional[float] = None
+    #: Array tasks running at once.
+    array_parallelism: int = 256
+    #: The requeue signal arrives this many seconds before the time limit.
+    signal_delay_s: int = 120
+    #: The requeue signal (submitit's default USR2: NCCL may catch USR1).
+    signal: str = "USR2"
+    #: Requeues after a time limit before a job counts as failed (pre-emptions do not count).
+    max_num_timeout: int = 20
+    #: Shell lines run in the sbatch script before the job (module load ..., source venv).
+    setup: list[str] = field(default_factory=list)
+    #: Further sbatch options, e.g. {mail-user: me@lab.org}.
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    #: Further srun arguments.
+    srun_args: list[str] = field(default_factory=list)
+    #: Block until every job of the sweep ended (false: return once submitted; report shows progress).
+    wait: bool = True
+
+
+@dataclass
+class LauncherConfig:
+    """Where the jobs of a sweep (``-m``) run: ``launcher=local`` or ``launcher=slurm``.  Not
+    part of a run's identity; a single run (no ``-m``) runs here whatever it says."""
+
+    #: local (this machine, one process per job) or slurm (one job array through submitit).
+    name: str = "local"
+    #: Sweep id: the manifest is <output_dir>/sweeps/<id>/sweep.yaml; None = <verb>-<date>-<time>.
+    sweep_id: Optional[str] = None
+    local: LocalLauncherConfig = field(default_factory=LocalLauncherConfig)
+    slurm: SlurmLauncherConfig = field(default_factory=SlurmLauncherConfig)
+
+
+@dataclass
 class RunConfig:
     """The parts every training and evaluation verb shares (each verb's root schema below adds
     only the sections that verb uses)."""
@@ -361,8 +417,10 @@ class RunConfig:
     #: Run folder name under output_dir/<verb>/ (letters, digits and . _ + = -); None =
     #: <task>-<model>[-<method>]-s<seed>-<hash of the settings>.
     run_name: Optional[str] = None
-    #: Continue an interrupted run from its last checkpoint.
-    resume: bool = False
+    #: Continue an interrupted run from its last checkpoint: true, false, or auto (resume when
+    #: an unfinished run with checkpoints exists, start otherwise, skip a finished one; what
+    #: every sweep job uses).
+    resume: Any = False
     #: Replace a finished run of the same name (otherwise it is reported and left alone).
     overwrite: bool = False
     #: Tokenized-data cache; None = ~/.cache/bert_ticket.
@@ -373,6 +431,8 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     #: Evaluation settings (also the evaluation after training).
     eval: EvalConfig = field(default_factory=EvalConfig)
+    #: Where the jobs of a sweep (``-m``) run (``launcher=local|slurm``).
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 
 @dataclass
