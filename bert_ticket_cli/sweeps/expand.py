@@ -62,8 +62,11 @@ def expand(overrides: Sequence[str]) -> list[Job]:
         ov = _parse(text)
         key = ov.key_or_group
         if key in seen:
-            raise UserError(f"'{key}' is given twice ({seen[key]!r} and {text!r}): sweep it in one override, "
-                            f"e.g. {key}=a,b")
+            earlier = next(k for k, axis in enumerate(axes) if axis[0][0] == key)
+            if ov.is_sweep_override() or axes[earlier][0][1] is not None:
+                raise UserError(f"'{key}' is given twice ({seen[key]!r} and {text!r}): sweep it in one override, "
+                                f"e.g. {key}=a,b")
+            del axes[earlier]  # as in a single run, the later value wins
         seen[key] = text
         if ov.is_sweep_override():
             if not ov.is_discrete_sweep():
