@@ -127,9 +127,12 @@ def plan(verb: str, overrides: Sequence[str]) -> list[Job]:
             shown.append(f"{who}: {message}")
         raise UserError(f"invalid sweep of {len(jobs)} job(s), nothing started: " + " | ".join(shown))
     auto_resume = not _has(overrides, "resume") and not _has(overrides, "overwrite")
+    # run_name='${task.name}-s${seed}': the user names each job (an interpolation of its own
+    # values); used as it resolves, still checked below to differ between jobs.
+    templated = any(o.lstrip("+").split("=", 1)[0] == "run_name" and "${" in o for o in overrides)
     for job in jobs:
         cfg = job.cfg
-        if "run_name" not in job.swept:
+        if "run_name" not in job.swept and not templated:
             base = run_name(cfg)
             suffix = _suffix(job)
             name = f"{base}-{suffix}" if suffix else base
@@ -139,6 +142,8 @@ def plan(verb: str, overrides: Sequence[str]) -> list[Job]:
                 name = f"{base[:RUN_NAME_MAX - 20]}-sweep{hashlib.sha256(suffix.encode()).hexdigest()[:8]}"
             cfg.run_name = name
             job.overrides.append(f"run_name='{name}'")  # quoted: '=' is not bare-value grammar
+        if templated:
+            job.overrides.append(f"run_name='{cfg.run_name}'")  # as resolved for this job
         if auto_resume:
             cfg.resume = "auto"
             job.overrides.append("resume=auto")
