@@ -41,7 +41,7 @@ def _parse(text: str) -> Any:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        return OverridesParser.create(config_loader=_GroupOptions()).parse_override(text)  # type: ignore[arg-type]
+        return OverridesParser.create(config_loader=_GroupOptions()).parse_overrides([text])[0]  # type: ignore[arg-type]
     except Exception as exc:  # hydra's grammar errors are long multi-line messages
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot parse override '{text}': {first}") from None
