@@ -142,7 +142,7 @@ up() {
 
 down() {
   if command -v scancel >/dev/null && sinfo -h >/dev/null 2>&1; then
-    scancel --user="$(id -un)" >/dev/null 2>&1 || true
+    squeue -h -o %A 2>/dev/null | sort -u | xargs -r scancel >/dev/null 2>&1 || true
   fi
   stop_pid "$DIR/slurmd.pid"
   stop_pid "$DIR/slurmctld.pid"

@@ -495,7 +495,8 @@ class ReportConfig:
     verb: str = "report"
     #: Root folder searched for summary.json files.
     output_dir: str = "runs"
-    #: Filters, each key=value on a summary field; on the command line plain task=mrpc works.
+    #: Filters, each key=value on a summary field; on the command line plain task=mrpc works;
+    #: sweep=ID keeps the runs of one sweep (-m) and lists its jobs.
     where: list[str] = field(default_factory=list)
     #: Extra summary fields shown as columns (dotted paths, e.g. metrics.f1).
     columns: list[str] = field(default_factory=list)

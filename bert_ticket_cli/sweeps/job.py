@@ -102,11 +102,14 @@ class SweepJob(Checkpointable):
         if not main:
             log = log.with_name(f"{log.stem}.rank{env['RANK']}.log")
         log.parent.mkdir(parents=True, exist_ok=True)
-        attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        # Slurm's variables count only in an array task of this sweep: a local sweep may run
+        # inside an interactive allocation, which it must never requeue.
+        on_slurm = spec.get("launcher") == "slurm" and bool(os.environ.get("SLURM_JOB_ID"))
+        attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) if on_slurm else 0
         if main:
             manifest.set_job(folder, index, state="running", exit_status=None, reason=None, attempts=attempt + 1,
                              host=platform.node(), started=manifest.now(), ended=None,
-                             **({"slurm_id": manifest.env_slurm_id()} if manifest.env_slurm_id() else {}))
+                             **({"slurm_id": manifest.env_slurm_id()} if on_slurm else {}))
         with open(log, "ab") as out:
             offset = out.tell()
             self._log = (log, offset)
@@ -119,7 +122,7 @@ class SweepJob(Checkpointable):
             status = self._wait(spec)
         if main and not self._recorded:
             self._record(folder, index, status, log, offset)
-        if status == EXIT_PREEMPTED and os.environ.get("SLURM_JOB_ID") and main:
+        if status == EXIT_PREEMPTED and on_slurm and main:
             self._requeue_self()
         if status not in (0, EXIT_PREEMPTED):
             raise JobFailed(failure_reason(log, offset, status))

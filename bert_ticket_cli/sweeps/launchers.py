@@ -68,7 +68,7 @@ def _spec(verb: str, sweep_id: str, folder: Path, job: Job, launcher: Any) -> di
 
     return {"verb": verb, "overrides": list(job.overrides), "index": job.index, "sweep_id": sweep_id,
             "sweep_dir": str(folder.resolve()), "run_dir": str(run_dir(job.cfg).root.resolve()),
-            "signal": str(launcher.slurm.signal)}
+            "signal": str(launcher.slurm.signal), "launcher": str(launcher.name)}
 
 
 def _outcome(folder: Path, index: int) -> dict[str, Any]:
