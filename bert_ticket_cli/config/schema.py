@@ -369,6 +369,7 @@ class SlurmLauncherConfig:
     #: MASTER_ADDR / MASTER_PORT exported for Accelerate.
     nodes: int = 1
     tasks_per_node: int = 1
+    #: GPUs per node, CPUs per task, memory per node in GB (None: the cluster's default).
     gpus_per_node: Optional[int] = None
     cpus_per_task: Optional[int] = None
     mem_gb: Optional[float] = None

@@ -91,7 +91,6 @@ class SweepJob(Checkpointable):
         stops = env.get("BERT_TICKET_STOP_SIGNALS", "TERM,USR1,USR2")
         if sig not in {s.strip().upper().removeprefix("SIG") for s in stops.split(",")}:
             env["BERT_TICKET_STOP_SIGNALS"] = f"{stops},{sig}"
-        env["BERT_TICKET_SWEEP_JOB"] = f"{spec['sweep_id']}:{spec['index']}"
         return env
 
     def __call__(self, spec: dict[str, Any]) -> int:
