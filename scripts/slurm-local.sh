@@ -5,7 +5,7 @@
 #   scripts/slurm-local.sh up      install slurmctld/slurmd/slurm-client/munge if missing, write a
 #                                  one-node slurm.conf (partition `debug`), start munged, slurmctld
 #                                  and slurmd, wait until `sinfo` shows the node idle
-#   scripts/slurm-local.sh down    cancel every job, stop the three daemons
+#   scripts/slurm-local.sh down    cancel every job, stop the daemons it started
 #   scripts/slurm-local.sh status  sinfo and squeue
 #
 # State, spool, pid and log files live under $SLURM_LOCAL_DIR (default /tmp/bert-ticket-slurm).
@@ -96,6 +96,8 @@ start_munge() {
   else
     munged --force
   fi
+  mkdir -p "$DIR"
+  touch "$DIR/munged.ours"  # `down` stops only a munged that `up` started
 }
 
 wait_idle() {
@@ -146,7 +148,11 @@ down() {
   fi
   stop_pid "$DIR/slurmd.pid"
   stop_pid "$DIR/slurmctld.pid"
-  echo "slurm-local: stopped (munged left running; logs under $DIR/log)"
+  if [ -f "$DIR/munged.ours" ]; then
+    stop_pid /run/munge/munged.pid
+    rm -f "$DIR/munged.ours"
+  fi
+  echo "slurm-local: stopped (logs under $DIR/log)"
 }
 
 case "${1:-}" in
