@@ -73,7 +73,6 @@ JobRequeue=1
 # Short timers: the tests start and requeue jobs and want them scheduled at once (a requeued
 # job becomes eligible without an event: only the periodic scheduler picks it up).
 SchedulerParameters=sched_interval=1,bf_interval=1,sched_min_interval=100000
-MessageTimeout=20
 KillWait=30
 InactiveLimit=0
 MinJobAge=300

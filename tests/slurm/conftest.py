@@ -16,8 +16,10 @@ def cluster_problem() -> str | None:
     for tool in ("sinfo", "sbatch", "squeue", "scontrol", "scancel"):
         if shutil.which(tool) is None:
             return f"no Slurm client ({tool} not on PATH): scripts/slurm-local.sh up starts a local cluster"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    try:  # a configured cluster whose controller is down makes sinfo retry for a while
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=8)
+    except subprocess.TimeoutExpired:
+        return "no Slurm cluster answers (sinfo: no answer within 8 s)"
     except (OSError, subprocess.SubprocessError) as exc:
         return f"sinfo failed ({exc})"
     if out.returncode != 0:
