@@ -12,9 +12,10 @@ Pre-emption under Slurm (submitit's checkpoint protocol): Slurm sends the requeu
 checkpoint at the next step boundary and exits 75; submitit calls :meth:`SweepJob.checkpoint`
 in the wrapper, which waits for the child, records ``preempted`` and hands back the same job;
 submitit then requeues ``<array id>_<task id>`` alone, and the requeued task resumes
-(``resume=auto``).  If the child exits 75 without the wrapper seeing the signal, the job
-requeues that same task id itself (never ``$SLURM_JOB_ID``: in an array it can be the array's
-id, and requeueing it requeues every sibling).
+(``resume=auto``).  A run stopped by SIGTERM alone (``scancel``, a pre-emption that cancels)
+exits 75 too but is not requeued here: Slurm requeues a job it pre-empts with
+``PreemptMode=REQUEUE`` itself, and a cancelled job stays cancelled (the manifest then says
+``lost``; resubmitting the sweep resumes it).
 """
 
 from __future__ import annotations
@@ -121,8 +122,6 @@ class SweepJob(Checkpointable):
             status = self._wait(spec)
         if main and not self._recorded:
             self._record(folder, index, status, log, offset)
-        if status == EXIT_PREEMPTED and on_slurm and main:
-            self._requeue_self()
         if status not in (0, EXIT_PREEMPTED):
             raise JobFailed(failure_reason(log, offset, status))
         return status
@@ -148,12 +147,6 @@ class SweepJob(Checkpointable):
         manifest.set_job(folder, index, state=state, exit_status=status, ended=manifest.now(),
                          reason=failure_reason(log, offset, status) if state == "failed" else None)
         self._recorded = True
-
-    def _requeue_self(self) -> None:
-        """The run stopped on a signal the wrapper did not see: requeue this task only."""
-        task = manifest.env_slurm_id()
-        if task:
-            subprocess.run(["scontrol", "requeue", task], check=False, timeout=60)
 
     def checkpoint(self, spec: dict[str, Any]) -> DelayedSubmission:  # type: ignore[override]
         """submitit's checkpoint protocol: the requeue signal arrived.  The run got it too and is

@@ -171,7 +171,11 @@ def load(folder: Path, *, ask_slurm: bool = True) -> dict[str, Any]:
                     job.update(json.loads(job_state_file(folder, int(job["index"])).read_text()))
                 except (OSError, ValueError):
                     pass
-                if job.get("state") not in TERMINAL:
+                if job.get("state") == "preempted":
+                    job["state"] = "lost"
+                    job["reason"] = (f"Slurm task {job['slurm_id']} stopped (exit 75, checkpoint written) and was not "
+                                     f"requeued (cancelled?): submit the sweep again to resume it")
+                elif job.get("state") not in TERMINAL:
                     job["state"] = "lost"
                     job["reason"] = job.get("reason") or (
                         f"Slurm task {job['slurm_id']} ended without a result (cancelled, killed, out of memory "

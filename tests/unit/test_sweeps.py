@@ -150,3 +150,17 @@ def test_a_multi_process_slurm_job_exports_the_distributed_environment(monkeypat
     assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"]) == ("3", "1", "4", "2")
     assert env["MASTER_ADDR"] == "gpu01" and 20000 <= int(env["MASTER_PORT"]) <= 60000
     assert "RANK" not in distributed_env({"SLURM_NTASKS": "1"})  # one process: nothing to export
+
+
+def test_a_slurm_job_gone_from_the_queue_without_an_end_reads_lost(tmp_path, monkeypatch):
+    folder = tmp_path / "sweeps" / "s"
+    manifest.write_new(folder, {"sweep_id": "s", "launcher": "slurm", "slurm_array_id": "12"},
+                       [{"index": i, "swept": {}, "run_dir": str(i)} for i in range(3)])
+    for i, state in enumerate(("finished", "running", "preempted")):
+        manifest.set_job(folder, i, state=state, slurm_id=f"12_{i}")
+    monkeypatch.setattr(manifest, "_queued", lambda array_id: set())  # squeue: the array has left the queue
+    jobs = manifest.load(folder)["jobs"]
+    assert [j["state"] for j in jobs] == ["finished", "lost", "lost"]
+    assert "ended without a result" in jobs[1]["reason"] and "was not requeued" in jobs[2]["reason"]
+    monkeypatch.setattr(manifest, "_queued", lambda array_id: {"12_1", "12_2"})  # still pending / running
+    assert [j["state"] for j in manifest.load(folder)["jobs"]] == ["finished", "running", "preempted"]
