@@ -49,6 +49,7 @@ def run_sweep(verb: str, overrides: Sequence[str]) -> int:
                         "node, or use launcher=local")
     sweep_id = _sweep_id(verb, output_dir, launcher.sweep_id)
     folder = manifest.sweep_dir(output_dir, sweep_id)
+    _check_not_queued(folder)
     specs = [_spec(verb, sweep_id, folder, job, launcher) for job in jobs]
     header = {"sweep_id": sweep_id, "verb": verb, "launcher": launcher.name, "created": manifest.now(),
               "command": ["bert-ticket", verb, "-m", *overrides], "slurm_array_id": None}
@@ -63,17 +64,27 @@ def run_sweep(verb: str, overrides: Sequence[str]) -> int:
     return _local(folder, jobs, specs, launcher.local.parallel)
 
 
+def _check_not_queued(folder: Path) -> None:
+    """Resubmitting a sweep id (resume=auto continues its runs) is fine once its earlier Slurm
+    array has left the queue; two arrays training the same runs at once are refused."""
+    if not (folder / manifest.MANIFEST).is_file():
+        return
+    old = manifest.load(folder)
+    if old.get("launcher") != "slurm" or not old.get("slurm_array_id"):
+        return
+    busy = [j for j in old["jobs"] if j.get("state") in ("pending", "running", "preempted") and j.get("slurm_id")]
+    if busy:
+        raise UserError(f"sweep {folder.name} still has {len(busy)} job(s) in Slurm's queue (array "
+                        f"{old['slurm_array_id']}): wait for them (bert-ticket report sweep={folder.name}), or "
+                        f"scancel {old['slurm_array_id']} first, or pick another launcher.sweep_id=")
+
+
 def _spec(verb: str, sweep_id: str, folder: Path, job: Job, launcher: Any) -> dict[str, Any]:
     from bert_ticket_cli.artifacts.paths import run_dir
 
     return {"verb": verb, "overrides": list(job.overrides), "index": job.index, "sweep_id": sweep_id,
             "sweep_dir": str(folder.resolve()), "run_dir": str(run_dir(job.cfg).root.resolve()),
             "signal": str(launcher.slurm.signal), "launcher": str(launcher.name)}
-
-
-def _outcome(folder: Path, index: int) -> dict[str, Any]:
-    data = manifest.load(folder, ask_slurm=False)
-    return next(j for j in data["jobs"] if int(j["index"]) == index)
 
 
 def _local(folder: Path, jobs: list[Job], specs: list[dict[str, Any]], parallel: int) -> int:
