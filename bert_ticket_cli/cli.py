@@ -146,13 +146,20 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_USAGE)
 
 
-def run_verb(verb: str, overrides: list[str], show_cfg: bool, debug: bool) -> int:
-    """Compose, validate and run one verb; returns the process exit status."""
+def run_verb(verb: str, overrides: list[str], show_cfg: bool, debug: bool, multirun: bool = False) -> int:
+    """Compose, validate and run one verb (or, with ``multirun``, a sweep of it: sweeps/);
+    returns the process exit status."""
     from bert_ticket_cli.config.compose import compose, to_yaml, validate
 
     _quiet_libraries()
     try:
         overrides = list(overrides or [])
+        if multirun:
+            if show_cfg:
+                raise UserError("--cfg prints one config: drop -m (or print one job's with its values)")
+            from bert_ticket_cli.sweeps import run_sweep
+
+            return run_sweep(verb, overrides)
         prepare_only = verb == "pretrain" and overrides[:1] == ["prepare"]  # bert-ticket pretrain prepare ...
         if prepare_only:
             overrides = overrides[1:]
@@ -204,6 +211,9 @@ def _make_verb(verb: str) -> None:
         overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides.",
                                                         autocompletion=lambda incomplete: _completions(verb, incomplete)),
         cfg: bool = typer.Option(False, "--cfg", help="Print the composed config and exit."),
+        multirun: bool = typer.Option(False, "-m", "--multirun",
+                                      help="A sweep: expand key=a,b / range() / choice() / glob() overrides into "
+                                           "jobs, run them on launcher=local|slurm (README: Sweeps and clusters)."),
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
         local_rank: Optional[int] = typer.Option(
             None, "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher."
@@ -211,7 +221,7 @@ def _make_verb(verb: str) -> None:
     ) -> None:
         if local_rank is not None:
             os.environ.setdefault("LOCAL_RANK", str(local_rank))
-        raise typer.Exit(run_verb(verb, list(overrides or []), cfg, debug))
+        raise typer.Exit(run_verb(verb, list(overrides or []), cfg, debug, multirun))
 
     app.command(
         verb,

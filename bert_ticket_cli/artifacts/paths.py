@@ -190,7 +190,7 @@ class RunDir:
 NON_IDENTITY_KEYS = (
     "verb", "output_dir", "run_name", "resume", "overwrite", "cache_dir",
     "engine.name", "engine.cpu", "engine.deepspeed", "engine.num_workers",
-    "train.log_every", "train.save_every", "train.keep_checkpoints", "tracking",
+    "train.log_every", "train.save_every", "train.keep_checkpoints", "tracking", "launcher",
 )
 #: Hex digits of the config hash in a default run name.
 IDENTITY_HASH_LEN = 8

@@ -115,6 +115,13 @@ def check_checkpoint_intact(path: Path) -> None:
                             f"from an earlier checkpoint, or pass overwrite=true to start again")
 
 
+def resumes(cfg: Any) -> bool:
+    """``resume=true`` or ``resume=auto``: continue an unfinished run from its checkpoint.  Both
+    start a run that has none and report a finished one; ``auto`` is what every sweep job
+    passes, so a requeued or resubmitted job does the right thing whatever it finds."""
+    return cfg.resume is True or cfg.resume == "auto"
+
+
 def open_run(cfg: Any) -> OpenedRun:
     """Decide what to do with the run folder; changes nothing on disk (see :func:`commit_run`).
 
@@ -123,6 +130,7 @@ def open_run(cfg: Any) -> OpenedRun:
     (checkpoints of sub-runs included): a run folder holds one experiment, so a difference in
     anything but ``paths.NON_IDENTITY_KEYS`` is refused unless ``overwrite=true`` replaces it."""
     rd = run_dir(cfg)
+    resume = resumes(cfg)
     finished = rd.summary.exists()
     latest = latest_checkpoint_below(rd)
     diff: list[str] = []
@@ -133,9 +141,9 @@ def open_run(cfg: Any) -> OpenedRun:
         diff = config_differences(stored, current)  # type: ignore[arg-type]
         shown = _describe_differences(stored, current, diff)  # type: ignore[arg-type]
     if diff and not cfg.overwrite:
-        if cfg.resume and not finished:
+        if resume and not finished:
             raise UserError(
-                f"resume=true but the config differs from the interrupted run in {shown}: "
+                f"resume={'auto' if cfg.resume == 'auto' else 'true'} but the config differs from the interrupted run in {shown}: "
                 f"resume with the same settings, or pick another run_name="
             )
         state = "finished" if finished else "unfinished"
@@ -145,17 +153,17 @@ def open_run(cfg: Any) -> OpenedRun:
         )
     if finished and not cfg.overwrite:
         return OpenedRun(rd, finished=True)
-    if latest is not None and not cfg.resume and not cfg.overwrite:
+    if latest is not None and not resume and not cfg.overwrite:
         raise UserError(
             f"{rd.root} holds an unfinished run (checkpoint {latest.relative_to(rd.root)}): pass resume=true "
             f"to continue it, overwrite=true to start again, or choose another run_name="
         )
-    replace = finished or (cfg.overwrite and (bool(diff) or (latest is not None and not cfg.resume)))
+    replace = finished or (cfg.overwrite and (bool(diff) or (latest is not None and not resume)))
     root_latest = None if replace else rd.latest_checkpoint()
-    if root_latest is not None and cfg.resume:
+    if root_latest is not None and resume:
         check_checkpoint_intact(root_latest)
     _check_writable(rd.root)
-    return OpenedRun(rd, resume_from=root_latest if cfg.resume else None, replace=replace)
+    return OpenedRun(rd, resume_from=root_latest if resume else None, replace=replace)
 
 
 def commit_run(opened: OpenedRun, cfg: Any, *, is_main: bool = True) -> None:

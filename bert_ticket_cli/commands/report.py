@@ -51,7 +51,20 @@ def _sort_key(v):
 
 
 def run(cfg: ReportConfig) -> int:
+    """The chosen view; then, in a table, the state of the sweeps' jobs (``sweep=ID``: that
+    sweep's jobs, its runs only in the view)."""
+    from bert_ticket_cli.sweeps import report as sweeps_report
+
     root = Path(cfg.output_dir).expanduser()
+    sweep_id, cfg.where = sweeps_report.split_filter(list(cfg.where))
+    sweep = sweeps_report.load(root, sweep_id) if sweep_id else None
+    status = _view(cfg, root, sweep)
+    if cfg.format == "table":
+        sweeps_report.print_jobs(root, sweep)
+    return status
+
+
+def _view(cfg: ReportConfig, root: Path, sweep: dict | None) -> int:
     index = build_index(root)
     if cfg.where and not records(index, include_unfinished=True):
         print(f"no runs under {root} (no summary.json or config.yaml): nothing to filter with "
@@ -59,6 +72,10 @@ def run(cfg: ReportConfig) -> int:
         return 0
     # Only the runs view lists runs without a summary.json; no other view counts them.
     rows = query(index, list(cfg.where), include_unfinished=cfg.view == "runs", settings=SETTINGS)
+    if sweep is not None:
+        from bert_ticket_cli.sweeps import report as sweeps_report
+
+        rows = sweeps_report.in_sweep(rows, sweep)
     if cfg.view == "tickets":
         return _tickets(cfg, root, rows, index)
     if cfg.view == "earlybert":

@@ -35,7 +35,42 @@ RUN_NAME_MAX = 200
 
 
 def _run(cfg: Any) -> list[str]:
-    """The run's identity: ``run_name`` is a folder name, never a path."""
+    """The run's identity: ``run_name`` is a folder name, never a path; ``resume`` is true,
+    false or auto."""
+    errs = [] if cfg.resume in (True, False, "auto") else [f"'resume' must be true, false or auto, got {cfg.resume!r}"]
+    return errs + _run_name(cfg) + _launcher(cfg)
+
+
+#: What ``launcher=`` accepts.
+LAUNCHERS = ("local", "slurm")
+
+
+def _launcher(cfg: Any) -> list[str]:
+    la, errs = cfg.launcher, []
+    if la.name not in LAUNCHERS:
+        errs.append(f"'launcher.name' must be one of {', '.join(LAUNCHERS)}, got {la.name!r}")
+    if la.sweep_id is not None and not RUN_NAME_RE.fullmatch(str(la.sweep_id)):
+        errs.append(f"'launcher.sweep_id' must be one folder name of letters, digits and . _ + = -, got {la.sweep_id!r}")
+    if la.local.parallel < 1:
+        errs.append(f"'launcher.local.parallel' must be >= 1, got {la.local.parallel}")
+    sl = la.slurm
+    for name in ("timeout_min", "nodes", "tasks_per_node", "array_parallelism"):
+        if getattr(sl, name) < 1:
+            errs.append(f"'launcher.slurm.{name}' must be >= 1, got {getattr(sl, name)}")
+    for name in ("gpus_per_node", "cpus_per_task", "mem_gb"):
+        if getattr(sl, name) is not None and getattr(sl, name) < (0 if name == "gpus_per_node" else 1):
+            errs.append(f"'launcher.slurm.{name}' must be positive, got {getattr(sl, name)}")
+    if sl.signal_delay_s < 0 or sl.max_num_timeout < 0:
+        errs.append("'launcher.slurm.signal_delay_s' and 'launcher.slurm.max_num_timeout' must be >= 0")
+    import signal as _signal
+
+    sig = str(sl.signal).upper()
+    if not hasattr(_signal, sig if sig.startswith("SIG") else "SIG" + sig) or sig.removeprefix("SIG") in ("KILL", "STOP"):
+        errs.append(f"'launcher.slurm.signal' must be a signal name such as USR2 or USR1, got {sl.signal!r}")
+    return errs
+
+
+def _run_name(cfg: Any) -> list[str]:
     name = cfg.run_name
     if name is None:
         return []

@@ -413,6 +413,63 @@ class PretrainConfig:
 
 
 @dataclass
+class LocalLauncherConfig:
+    #: Jobs of a sweep run at once on this machine (each in its own process).
+    parallel: int = 1
+
+
+@dataclass
+class SlurmLauncherConfig:
+    """``launcher=slurm``: one Slurm job array through submitit (the names of hydra-submitit-launcher)."""
+
+    #: sbatch --partition / --qos / --account / --constraint / --exclude (None: the cluster's default).
+    partition: Optional[str] = None
+    qos: Optional[str] = None
+    account: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    #: Time limit of each array task, in minutes (a task stopped at the limit is requeued and resumes).
+    timeout_min: int = 60
+    #: Nodes and processes per node of each job; several processes get RANK / WORLD_SIZE /
+    #: MASTER_ADDR / MASTER_PORT exported for Accelerate.
+    nodes: int = 1
+    tasks_per_node: int = 1
+    #: GPUs per node, CPUs per task, memory per node in GB (None: the cluster's default).
+    gpus_per_node: Optional[int] = None
+    cpus_per_task: Optional[int] = None
+    mem_gb: Optional[float] = None
+    #: Array tasks running at once.
+    array_parallelism: int = 256
+    #: The requeue signal arrives this many seconds before the time limit.
+    signal_delay_s: int = 120
+    #: The requeue signal (submitit's default USR2: NCCL may catch USR1).
+    signal: str = "USR2"
+    #: Requeues after a time limit before a job counts as failed (pre-emptions do not count).
+    max_num_timeout: int = 20
+    #: Shell lines run in the sbatch script before the job (module load ..., source venv).
+    setup: list[str] = field(default_factory=list)
+    #: Further sbatch options, e.g. {mail-user: me@lab.org}.
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    #: Further srun arguments.
+    srun_args: list[str] = field(default_factory=list)
+    #: Block until every job of the sweep ended (false: return once submitted; report shows progress).
+    wait: bool = True
+
+
+@dataclass
+class LauncherConfig:
+    """Where the jobs of a sweep (``-m``) run: ``launcher=local`` or ``launcher=slurm``.  Not
+    part of a run's identity; a single run (no ``-m``) runs here whatever it says."""
+
+    #: local (this machine, one process per job) or slurm (one job array through submitit).
+    name: str = "local"
+    #: Sweep id: the manifest is <output_dir>/sweeps/<id>/sweep.yaml; None = <verb>-<date>-<time>.
+    sweep_id: Optional[str] = None
+    local: LocalLauncherConfig = field(default_factory=LocalLauncherConfig)
+    slurm: SlurmLauncherConfig = field(default_factory=SlurmLauncherConfig)
+
+
+@dataclass
 class RunConfig:
     """The parts every training and evaluation verb shares (each verb's root schema below adds
     only the sections that verb uses)."""
@@ -426,8 +483,10 @@ class RunConfig:
     #: Run folder name under output_dir/<verb>/ (letters, digits and . _ + = -); None =
     #: <task>-<model>[-<method>]-s<seed>-<hash of the settings>.
     run_name: Optional[str] = None
-    #: Continue an interrupted run from its last checkpoint.
-    resume: bool = False
+    #: Continue an interrupted run from its last checkpoint: true, false, or auto (resume when
+    #: an unfinished run with checkpoints exists, start otherwise, skip a finished one; what
+    #: every sweep job uses).
+    resume: Any = False
     #: Replace a finished run of the same name (otherwise it is reported and left alone).
     overwrite: bool = False
     #: Tokenized-data cache; None = ~/.cache/bert_ticket.
@@ -440,6 +499,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     #: Experiment trackers (TensorBoard, W&B, ...) besides metrics.jsonl.
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    #: Where the jobs of a sweep (``-m``) run (``launcher=local|slurm``).
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 
 @dataclass
@@ -512,7 +573,8 @@ class ReportConfig:
     verb: str = "report"
     #: Root folder searched for summary.json files.
     output_dir: str = "runs"
-    #: Filters, each key=value on a summary field; on the command line plain task=mrpc works.
+    #: Filters, each key=value on a summary field; on the command line plain task=mrpc works;
+    #: sweep=ID keeps the runs of one sweep (-m) and lists its jobs.
     where: list[str] = field(default_factory=list)
     #: Extra summary fields shown as columns (dotted paths, e.g. metrics.f1).
     columns: list[str] = field(default_factory=list)

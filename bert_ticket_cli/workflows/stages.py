@@ -13,7 +13,7 @@ two trainings (an evaluation, the pruning, a save) is honoured at the next of th
 The stage loop (:func:`run_stages`): a multi-run procedure (IMP levels, EarlyBERT stages) runs
 its stages as sub-runs, each a run folder of its own.  A finished stage (its ``summary.json``)
 is skipped and its record read; an interrupted one (a checkpoint, no record) is refused
-without ``resume=true`` and continued from its latest checkpoint with it.
+without ``resume=true`` and continued from its latest checkpoint with it (or ``resume=auto``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 from bert_ticket_cli.artifacts.paths import RunDir
 from bert_ticket_cli.artifacts.records import (
-    OpenedRun, check_checkpoint_intact, commit_run, now, open_run, read_summary,
+    OpenedRun, check_checkpoint_intact, commit_run, now, open_run, read_summary, resumes,
 )
 from bert_ticket_cli.errors import EXIT_PREEMPTED, UserError
 
@@ -112,9 +112,9 @@ def run_stages(run: Run, stages: Iterable[tuple[Hashable, RunDir]],
             records[key] = read_summary(srd)
             continue
         latest = srd.latest_checkpoint()
-        if latest is not None and not run.cfg.resume:
+        if latest is not None and not resumes(run.cfg):
             raise UserError(f"{srd.root} was interrupted (checkpoint {latest.name}): pass resume=true to continue it")
         if latest is not None:
             check_checkpoint_intact(latest)
-        records[key] = train(key, srd, latest if run.cfg.resume else None)
+        records[key] = train(key, srd, latest if resumes(run.cfg) else None)
     return records

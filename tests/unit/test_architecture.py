@@ -55,17 +55,20 @@ def _area(module: str) -> str:
 
 #: area -> areas it must never import (the layers above it, or its siblings' internals).
 FORBIDDEN = {
-    "engine": {"data", "tasks", "commands", "workflows", "methods", "cli"},
-    "methods": {"engine", "data", "tasks", "commands", "workflows", "cli"},
-    "tasks": {"engine", "commands", "workflows", "methods", "cli"},
-    "data": {"engine", "tasks", "commands", "workflows", "methods", "cli"},
-    "metrics": {"engine", "data", "tasks", "commands", "workflows", "methods", "cli"},
-    "model": {"engine", "commands", "workflows", "methods", "cli"},
-    "sparsity": {"engine", "data", "tasks", "commands", "workflows", "cli"},
-    "artifacts": {"engine", "commands", "workflows", "cli"},
-    "config": {"commands", "workflows", "cli", "data", "tasks", "methods"},
-    "workflows": {"commands", "cli"},
+    "engine": {"data", "tasks", "commands", "workflows", "methods", "cli", "sweeps"},
+    "methods": {"engine", "data", "tasks", "commands", "workflows", "cli", "sweeps"},
+    "tasks": {"engine", "commands", "workflows", "methods", "cli", "sweeps"},
+    "data": {"engine", "tasks", "commands", "workflows", "methods", "cli", "sweeps"},
+    "metrics": {"engine", "data", "tasks", "commands", "workflows", "methods", "cli", "sweeps"},
+    "model": {"engine", "commands", "workflows", "methods", "cli", "sweeps"},
+    "sparsity": {"engine", "data", "tasks", "commands", "workflows", "cli", "sweeps"},
+    "artifacts": {"engine", "commands", "workflows", "cli", "sweeps"},
+    "config": {"commands", "workflows", "cli", "data", "tasks", "methods", "sweeps"},
+    "workflows": {"commands", "cli", "sweeps"},
     "commands": {"cli"},
+    # sweeps/ runs the CLI in processes of its own: it composes configs and names runs, never
+    # trains (of engine/ it reads only the stop-signal flag: test below).
+    "sweeps": {"data", "tasks", "commands", "workflows", "methods", "cli", "model", "sparsity", "metrics"},
 }
 
 
@@ -84,6 +87,12 @@ def test_only_the_engine_imports_the_training_libraries(library):
 def test_layers_import_only_downwards(area):
     bad = sorted(f"{m} -> {d}" for m, deps in GRAPH.items() if _area(m) == area
                  for d in deps if d.startswith(ROOT + ".") and _area(d) in FORBIDDEN[area])
+    assert bad == []
+
+
+def test_sweeps_use_only_the_engines_stop_flag():
+    bad = sorted(f"{m} -> {d}" for m, deps in GRAPH.items() if _area(m) == "sweeps"
+                 for d in deps if _area(d) == "engine" and d != f"{ROOT}.engine.signals")
     assert bad == []
 
 
