@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from bert_ticket_cli.artifacts.paths import REWIND_FROM_TICKET, RunDir, atomic_write_json
-from bert_ticket_cli.artifacts.records import now, read_summary, write_summary
+from bert_ticket_cli.artifacts.records import now, resumes, write_summary
 from bert_ticket_cli.config.schema import RunConfig
 from bert_ticket_cli.errors import UserError
 from bert_ticket_cli.workflows.context import command, model_args, name_local_model, source_model, task_args
@@ -182,7 +182,7 @@ def importance(run: Run, method: Any, data: Any, tokenizer: Any) -> tuple[torch.
         return saved["heads"], saved["ffn"]
     start, partial = 0, None
     if rd.importance_partial.exists():
-        if not cfg.resume:
+        if not resumes(cfg):
             raise UserError(f"{rd.root}: the importance pass was interrupted: pass resume=true to continue it")
         partial = load_file(str(rd.importance_partial))
         start = int(partial["next_batch"].item())
