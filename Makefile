@@ -9,7 +9,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test,deepspeed,tracking
-PYTEST_ARGS ?=
+# Two test workers (the CI machine's cores); a file's tests stay on one worker (its fixtures).
+PYTEST_ARGS ?= -n 2 --dist loadfile
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bert-ticket-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1

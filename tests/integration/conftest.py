@@ -11,20 +11,17 @@ BAD_INPUT_TESTS = ("test_bad_inputs.py::test_bad_input_exits_2_with_one_line[",
 
 def _in_catalogue(nodeid: str) -> bool:
     return any(t in nodeid for t in BAD_INPUT_TESTS)
-_CATALOGUE = pytest.StashKey[int]()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    config.stash[_CATALOGUE] = sum(_in_catalogue(item.nodeid) for item in items)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    cases = config.stash.get(_CATALOGUE, 0)
+    """Counted from the test reports (not the collection), so the line is right under
+    pytest-xdist too, where the controller collects nothing itself."""
+    outcomes: dict[str, set[str]] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        outcomes[outcome] = {r.nodeid for r in terminalreporter.stats.get(outcome, [])
+                             if _in_catalogue(getattr(r, "nodeid", "")) and (r.when == "call" or r.outcome != "passed")}
+    cases = len(set().union(*outcomes.values()))
     if not cases:
         return
-    outcomes = {}
-    for outcome in ("passed", "failed", "skipped", "error"):
-        outcomes[outcome] = sum(_in_catalogue(r.nodeid) and (r.when == "call" or r.outcome != "passed")
-                                for r in terminalreporter.stats.get(outcome, []))
-    detail = ", ".join(f"{n} {outcome}" for outcome, n in outcomes.items() if n)
-    terminalreporter.write_line(f"bad-input catalogue: {cases} cases ({detail or 'not run'})")
+    detail = ", ".join(f"{len(ids)} {outcome}" for outcome, ids in outcomes.items() if ids)
+    terminalreporter.write_line(f"bad-input catalogue: {cases} cases ({detail})")
