@@ -82,3 +82,23 @@ def test_multitask_targets_differ_in_the_ticket_setting_only(tmp_path):
         cfg = validate(compose("rewind", args), "rewind")
         assert cfg.task.name == "multi" and cfg.multitask.tasks == ["sst2", "mrpc", "stsb", "rte"]
     assert "view=multitask" in _make("mtl-table", cwd=tmp_path)
+
+
+def test_sweep_target_runs_two_sweeps_with_the_paper_epochs(tmp_path):
+    import shlex
+
+    from bert_ticket_cli.config.compose import compose, validate
+
+    out = _make("sweep", "GLUE_DIR=/data/glue", "TASKS=mnli qnli mrpc rte", "SEEDS=1 2", "BT=bt", cwd=tmp_path)
+    commands = [shlex.split(part.split("||")[0]) for part in out.replace("\\\n", " ").split(";") if "prune -m" in part]
+    assert len(commands) == 2
+    first, second = ({a.split("=", 1)[0]: a.split("=", 1)[1] for a in c if "=" in a} for c in commands)
+    assert (first["task"], first["train.epochs"], first["launcher.sweep_id"]) == ("mnli,qnli", "3", "super-tickets-3ep")
+    assert (second["task"], second["train.epochs"], second["launcher.sweep_id"]) == ("mrpc,rte", "6", "super-tickets-6ep")
+    assert first["seed"] == "1,2" and first["launcher"] == "slurm" and "view=super_tickets" in out
+    # one job of each sweep composes and validates as it is (the sweep checks every job the same way)
+    for c in commands:
+        job = [a.split("=", 1)[0] + "=" + a.split("=", 1)[1].split(",")[0] if "=" in a and not a.startswith(
+            "method.levels") else a for a in c[3:]]
+        cfg = validate(compose("prune", job), "prune")
+        assert cfg.method.name == "super_tickets" and cfg.launcher.name == "slurm"
