@@ -163,6 +163,31 @@ def _prune(cfg: Any) -> list[str]:
     bad = [s for s in p.sparsities if not 0 < s < 1]
     if bad:
         errs.append(f"sparsity must be in [0, 1): prune.sparsities has {bad[0]}")
+    return errs + _pattern(cfg)
+
+
+def _pattern(cfg: Any) -> list[str]:
+    """``prune.pattern=N:M``: one ticket at sparsity 1 - N/M (IMP: one level, see README)."""
+    from bert_ticket_cli.sparsity.nm import nm_sparsity, parse_pattern
+
+    p = cfg.prune
+    try:
+        nm = parse_pattern(p.pattern)
+    except UserError as exc:
+        return [str(exc)]
+    if nm is None:
+        return []
+    errs, name = [], f"prune.pattern={nm[0]}:{nm[1]}"
+    if cfg.method.name not in ("imp", "omp", "random"):
+        errs.append(f"{name} is for method=imp, omp or random, not method={cfg.method.name}")
+    if cfg.method.name == "imp" and p.levels != 1:
+        errs.append(f"{name} fixes the sparsity at {nm_sparsity(nm):g}, so IMP has one level (prune, rewind, "
+                    f"retrain): add prune.levels=1 (got prune.levels={p.levels})")
+    if p.target_sparsity is not None and abs(p.target_sparsity - nm_sparsity(nm)) > 1e-9:
+        errs.append(f"{name} fixes the sparsity at {nm_sparsity(nm):g}: drop prune.target_sparsity "
+                    f"(got {p.target_sparsity})")
+    if p.scope != "global":
+        errs.append(f"{name} prunes within each group of {nm[1]} weights: prune.scope does not apply, leave it global")
     return errs
 
 

@@ -128,6 +128,10 @@ class EvalConfig:
     predict_test: bool = False
     #: Evaluation batch size per process.
     batch_size: int = 64
+    #: Run the 2:4-pruned linear layers (a prune.pattern=2:4 ticket's model) with torch's
+    #: semi-structured sparse kernels (CUDA compute capability >= 8.0, engine.mixed_precision
+    #: bf16 / fp16); the masked dense model's metrics are recorded next to them.
+    semi_structured: bool = False
     #: padded: also write the evaluated model as a plain full-size BERT (removed heads and
     #: neurons of a compacted model as exact zeros) under <run>/export/, loadable by plain
     #: transformers; None = no export.
@@ -293,6 +297,10 @@ class PruneConfig:
     reset_head: bool = True
     #: omp / random: the sparsities produced in one run.
     sparsities: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    #: N:M semi-structured tickets, e.g. "2:4": every group of M consecutive input weights keeps
+    #: exactly N (sparsity 1 - N/M; one ticket: prune.sparsities does not apply and IMP needs
+    #: prune.levels=1); None = unstructured.
+    pattern: Optional[str] = None
 
 
 @dataclass
