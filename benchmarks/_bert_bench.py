@@ -171,13 +171,16 @@ class StepClock:
     of milliseconds).  ``before_step`` does nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sync: bool = False) -> None:
         self.times: list[float] = []
+        self.sync = sync  # on a GPU: wait for the step's kernels before noting the time
 
     def before_step(self, model: torch.nn.Module) -> None:
         pass
 
     def after_step(self, model: torch.nn.Module) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
         self.times.append(_common.now())
 
 

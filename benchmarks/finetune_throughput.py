@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Size]
                    help="how fit's setup is excluded: hook = per-step timestamps inside one run "
                         "(default, less noisy); diff = t(N2 steps) - t(N1 steps) of two runs")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on every side (engine.mixed_precision=bf16)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     size = size_from_args(p, args, DEFAULT, QUICK)
@@ -102,7 +104,8 @@ def probe_loss(model: torch.nn.Module, batch: dict) -> float:
     """Loss on a fixed held-out batch (eval mode; dropout is 0 anyway)."""
     was_training = model.training
     model.eval()
-    loss = float(model(**batch).loss)
+    device = next(model.parameters()).device
+    loss = float(model(**{k: v.to(device) for k, v in batch.items()}).loss)
     model.train(was_training)
     return loss
 
@@ -113,8 +116,11 @@ class Ours:
     """``fit`` as ``bert-ticket rewind`` calls it, minus evaluation and checkpoints, plus a
     StepClock hook (through the ``hooks`` argument every method plugs into)."""
 
-    def __init__(self, size: Size, dataset, collate, init: dict, seed: int, max_grad_norm: float):
+    def __init__(self, size: Size, dataset, collate, init: dict, seed: int, max_grad_norm: float,
+                 device: str = "cpu", bf16: bool = False):
         from bert_ticket_cli.engine.setup import plan_batches
+
+        self.device, self.bf16 = device, bf16
 
         self.size, self.dataset, self.collate, self.init, self.seed = size, dataset, collate, init, seed
         self.max_grad_norm = max_grad_norm
@@ -139,10 +145,13 @@ class Ours:
 
         self.model.load_state_dict(self.init)
         train = self._train_config(steps)
-        clock = StepClock()
+        clock = StepClock(sync=self.device.startswith("cuda"))
         with fit_sandbox("bench-fit-") as run:
             t0 = _common.now()
-            accelerator = make_accelerator(EngineConfig(name="cpu", cpu=True), train, self.plan)
+            on_cpu = not self.device.startswith("cuda")
+            engine = EngineConfig(name="cpu" if on_cpu else "gpu", cpu=on_cpu,
+                                  mixed_precision="bf16" if self.bf16 else "no")
+            accelerator = make_accelerator(engine, train, self.plan)
             result = fit(
                 accelerator=accelerator, model=self.model, train_dataset=self.dataset, collate=self.collate,
                 train=train, plan=self.plan, seed=self.seed, run=run, evaluate=None, hooks=[clock],
@@ -160,10 +169,11 @@ class Baseline:
     """The plain loop a user would write, fed exactly the batches ``fit`` uses."""
 
     def __init__(self, size: Size, dataset, collate, init: dict, index_batches: list[list[int]],
-                 max_grad_norm: float):
+                 max_grad_norm: float, device: str = "cpu", bf16: bool = False):
+        self.device, self.bf16 = device, bf16
         self.dataset, self.collate, self.init = dataset, collate, init
         self.index_batches, self.max_grad_norm = index_batches, max_grad_norm
-        self.model = build_baseline(size)
+        self.model = build_baseline(size).to(device)
         self.model.load_state_dict(init)
         self.losses: list[float] = []
         self.ends: list[float] = []  # perf_counter at the end of each step of the last run
@@ -182,14 +192,20 @@ class Baseline:
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=0.0)
         loader = DataLoader(self.dataset, batch_sampler=self.index_batches[:warmup + steps],
                             collate_fn=self.collate)
+        cuda = self.device.startswith("cuda")
+        autocast = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=self.bf16)
         for batch in loader:
-            loss = self.model(**batch).loss
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with autocast:
+                loss = self.model(**batch).loss
             loss.backward()
             if self.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad()
             self.losses.append(loss.item())  # .item() as fit's logging does at log steps; ~free on CPU
+            if cuda:
+                torch.cuda.synchronize()
             self.ends.append(_common.now())
         assert len(self.ends) == warmup + steps
         seconds = self.ends[-1] - self.ends[warmup - 1]
@@ -227,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     loss_start = probe_loss(init_model, probe)
     del init_model
 
-    ours = Ours(size, dataset, collate, init, args.seed, args.max_grad_norm)
-    base = Baseline(size, dataset, collate, init, index_batches, args.max_grad_norm)
+    ours = Ours(size, dataset, collate, init, args.seed, args.max_grad_norm, args.device, args.bf16)
+    base = Baseline(size, dataset, collate, init, index_batches, args.max_grad_norm, args.device, args.bf16)
     attn_ours = ours.model.config._attn_implementation
     attn_base = base.model.config._attn_implementation
 
@@ -294,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         ratios.append(rates["ours"] / rates["baseline"])
         # Both models now hold the weights after the same n2 steps from the same start.
         theirs = base.model.state_dict()
-        weight_gaps.append(max((v - theirs[k]).abs().max().item() for k, v in ours.model.state_dict().items()))
+        weight_gaps.append(max((v.float() - theirs[k].to(v.device).float()).abs().max().item()
+                               for k, v in ours.model.state_dict().items()))
         probe_gaps.append(abs(finals["ours"] - finals["base"]))
         train_gaps.append(abs(finals["ours_train_mean"] - finals["base_train_mean"]))
         _common.log(f"[{BENCHMARK}] round {r + 1}/{size.rounds}: ours {rates['ours']:.3f} steps/s, "
@@ -366,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "loss_final_baseline": round(finals["base"], 6),
         "attention": {"ours": attn_ours, "baseline": attn_base},
         "config": {**size.__dict__, "params": n_params, "lr": LR, "max_grad_norm": args.max_grad_norm,
+                   "device": args.device, "bf16": args.bf16,
                    "seed": args.seed, "timed_steps_from": n1, "timed_steps_to": n2,
                    "fit_timing": args.fit_timing},
     }, quick=args.quick)

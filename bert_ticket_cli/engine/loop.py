@@ -16,6 +16,7 @@ import torch
 from bert_ticket_cli.artifacts.paths import RunDir
 from bert_ticket_cli.config.schema import TrainConfig
 from bert_ticket_cli.engine.batches import epoch_order, steps_per_epoch
+from bert_ticket_cli.engine.budget import loss_scale
 from bert_ticket_cli.engine.core import (  # noqa: F401  (the commands' import points)
     StepCore, StepHooks, TrainResult, TrainState, checkpoint_step, make_optimizer, param_groups, save_checkpoint,
     save_model,
@@ -101,8 +102,10 @@ def fit(
                     f"lower train.lr, raise train.warmup_ratio, or use bf16 instead of fp16; "
                     f"checkpoints already written are kept"
                 )
+            scale = loss_scale(accelerator, core.model)  # fp16 only: the dynamic loss scale, for the record
             core.log({"event": "train", "step": state.step, "epoch": state.epoch + state.step_in_epoch / per_epoch,
-                      "loss": mean_loss, "lr": lr, "elapsed_s": round(state.elapsed_s, 3)},
+                      "loss": mean_loss, "lr": lr, "elapsed_s": round(state.elapsed_s, 3),
+                      **({"loss_scale": scale} if scale is not None else {})},
                      f"{where}step {state.step}/{n_steps}  loss {mean_loss:.4f}  lr {lr:.3g}  "
                      f"{core.pace(state, n_steps)}")
             progress.advance(state.step, f"loss {mean_loss:.4f}")
