@@ -102,6 +102,10 @@ class TrainConfig:
     save_every: int = 0
     #: Checkpoints kept on disk (older ones are deleted once a newer one is complete).
     keep_checkpoints: int = 1
+    #: Length-grouped batches: each global batch holds rows of similar length (mega-batches of
+    #: 50 batches sorted by length, the batches then shuffled), so dynamic padding pads less.
+    #: Still a pure function of (seed, epoch): exact resume, any process count.
+    group_by_length: bool = False
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 
 from bert_ticket_cli.artifacts.paths import RunDir
 from bert_ticket_cli.config.schema import TrainConfig
-from bert_ticket_cli.engine.batches import epoch_order, steps_per_epoch
+from bert_ticket_cli.engine.batches import epoch_order, length_grouped_order, steps_per_epoch
 from bert_ticket_cli.engine.budget import loss_scale
 from bert_ticket_cli.engine.core import (  # noqa: F401  (the commands' import points)
     StepCore, StepHooks, TrainResult, TrainState, checkpoint_step, make_optimizer, param_groups, save_checkpoint,
@@ -41,6 +41,15 @@ def make_schedule(optimizer, train: TrainConfig, total_steps: int):
 
 def total_steps(train: TrainConfig, per_epoch: int) -> int:
     return int(train.max_steps) if train.max_steps else max(1, math.ceil(train.epochs * per_epoch))
+
+
+def example_lengths(dataset) -> list[int]:
+    """Tokens per training example (the ``input_ids`` column), for ``train.group_by_length``."""
+    names = getattr(dataset, "column_names", None) or []
+    if "input_ids" not in names:
+        raise UserError("train.group_by_length=true needs a tokenized training set with input_ids; "
+                        "this task's training set has none: leave train.group_by_length=false")
+    return [len(row) for row in dataset["input_ids"]]
 
 
 def fit(
@@ -85,6 +94,12 @@ def fit(
 
     def permutation(epoch: int):
         return epoch_order(len(train_dataset), seed, epoch)
+
+    if order is None and getattr(train, "group_by_length", False):
+        lengths = example_lengths(train_dataset)
+
+        def permutation(epoch: int):  # noqa: F811 - the length-grouped order replaces the plain one
+            return length_grouped_order(lengths, plan.global_batch, seed, epoch)
 
     for _ in () if state.step >= n_steps or preempted else core.steps(state, order or permutation):
         if not accelerator.optimizer_step_was_skipped:

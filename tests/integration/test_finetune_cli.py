@@ -134,3 +134,19 @@ def test_bf16_autocast_on_cpu(tmp_path):
 
     with safe_open(str(out / "rewind" / "bf16" / "model" / "model.safetensors"), "pt") as f:
         assert all(str(f.get_slice(k).get_dtype()) in ("F32", "torch.float32") for k in f.keys())
+
+
+def test_group_by_length_changes_the_batches_and_resumes_exactly(tmp_path):
+    """train.group_by_length=true: another order (batches of similar length), still learned, and a
+    run pre-empted mid-epoch resumes on the same trajectory."""
+    out = tmp_path / "runs"
+    args = SHORT + [f"output_dir={out}", "train.save_every=11", "train.group_by_length=true"]
+    assert cli("rewind", *args, "run_name=straight").returncode == 0
+    r = cli("rewind", *args, "run_name=cut", env={"BERT_TICKET_FAULT_AT_STEP": "27:TERM"}, process=True)
+    assert r.returncode == 75, r.stderr[-2000:]
+    r = cli("rewind", *args, "run_name=cut", "resume=true")
+    assert r.returncode == 0 and "at step 27/60" in r.stdout, r.stderr[-2000:]
+    a, b = train_losses(out / "rewind" / "straight"), train_losses(out / "rewind" / "cut")
+    assert sorted(a) == sorted(b) == list(range(1, 61)) and all(a[s] == b[s] for s in a)
+    assert cli("rewind", *SHORT, f"output_dir={out}", "train.save_every=11", "run_name=plain").returncode == 0
+    assert train_losses(out / "rewind" / "plain") != a  # the grouping changed the batches
