@@ -78,6 +78,12 @@ def _engine(cfg: Any) -> list[str]:
     e = cfg.engine
     if e.mixed_precision not in ("no", "bf16", "fp16"):
         return [f"'engine.mixed_precision' must be no, bf16 or fp16, got {e.mixed_precision!r}"]
+    if e.compile:
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if e.compile_backend not in backends:
+            return [f"'engine.compile_backend' must be one of {', '.join(sorted(backends))}, got {e.compile_backend!r}"]
     return []
 
 

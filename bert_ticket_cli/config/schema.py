@@ -120,6 +120,12 @@ class EngineConfig:
     deepspeed: Optional[dict[str, Any]] = None
     #: DataLoader worker processes.
     num_workers: int = 0
+    #: torch.compile the model for training (in place, nn.Module.compile: saved weights and
+    #: checkpoints keep their plain parameter names). Off by default: the first steps pay the
+    #: compilation (tens of seconds), and shapes that change (dynamic padding) recompile.
+    compile: bool = False
+    #: torch.compile backend (inductor; aot_eager / eager to debug).
+    compile_backend: str = "inductor"
 
 
 @dataclass

@@ -71,6 +71,7 @@ def fit(
     tracking=None,
     order: Callable[[int], Any] | None = None,
     per_epoch: int | None = None,
+    compile_backend: str | None = None,
 ) -> TrainResult:
     """Train ``model``; ``penalty()`` (e.g. EarlyBERT's L1 on its coefficients) is added to
     every micro-batch's loss (scaled for accumulation like it); logged losses are the task's.
@@ -82,7 +83,7 @@ def fit(
     n_steps = total_steps(train, per_epoch)
     core = StepCore(accelerator=accelerator, model=model, train_dataset=train_dataset, collate=collate, train=train,
                     plan=plan, seed=seed, run=run, evaluate=evaluate, hooks=hooks, penalty=penalty,
-                    num_workers=num_workers, tracking=tracking, per_epoch=per_epoch)
+                    num_workers=num_workers, tracking=tracking, per_epoch=per_epoch, compile_backend=compile_backend)
     # Our own schedule stepping: Accelerate's wrapper would step it once per process.
     scheduler = make_schedule(core.optimizer, train, n_steps)
     state = core.resume(resume_from, scheduler)
