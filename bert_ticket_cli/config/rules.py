@@ -169,7 +169,7 @@ def _prune(cfg: Any) -> list[str]:
     bad = [s for s in p.sparsities if not 0 < s < 1]
     if bad:
         errs.append(f"sparsity must be in [0, 1): prune.sparsities has {bad[0]}")
-    return errs + _pattern(cfg)
+    return errs + _pattern(cfg) + _earlybert_prune(cfg)
 
 
 def _pattern(cfg: Any) -> list[str]:
@@ -217,7 +217,25 @@ def _earlybert(eb: Any) -> list[str]:
         errs.append(f"method.threshold must be in [0, 1], got {eb.threshold}")
     if eb.search_steps is not None and eb.search_steps < 1:
         errs.append(f"method.search_steps must be >= 1, got {eb.search_steps}")
+    for name in ("search_epochs", "compact_epochs", "compact_lr"):
+        if getattr(eb, name) is not None and not getattr(eb, name) > 0:
+            errs.append(f"method.{name} must be > 0, got {getattr(eb, name)}")
     return errs
+
+
+def _earlybert_prune(cfg: Any) -> list[str]:
+    """EarlyBERT settings that only fine-tuning's stages read (pre-training has its own budget)."""
+    eb = cfg.method
+    if cfg.method.name != "earlybert":
+        return []
+    given = [k for k in ("search_epochs", "compact_epochs", "compact_lr") if getattr(eb, k, None) is not None]
+    if cfg.verb != "prune" and given:
+        return [f"method.{given[0]} is for prune method=earlybert (fine-tuning); pretrain's stages follow "
+                f"pretrain.budget"]
+    if eb.compact_epochs is not None and cfg.train.max_steps:
+        return ["method.compact_epochs needs train.epochs (train.max_steps fixes every stage's length): "
+                "drop train.max_steps"]
+    return []
 
 
 def _super_tickets(st: Any) -> list[str]:
@@ -299,6 +317,7 @@ def _pretrain(cfg: Any) -> list[str]:
         errs.append(f"pretrain.budget must be > 0, got {p.budget!r}")
     if cfg.method.name not in PRETRAIN_METHODS:
         errs.append(f"method must be dense or earlybert for pretrain, got {cfg.method.name!r}")
+    errs.extend(_earlybert_prune(cfg))
     if p.clock not in ("wall", "steps"):
         errs.append(f"pretrain.clock must be wall or steps, got {p.clock!r}")
     elif p.clock == "steps" and not cfg.train.max_steps:

@@ -265,6 +265,16 @@ class EarlyBertMethodConfig(MethodConfig):
     stop_at_early_bird: bool = True
     #: Most optimizer steps of the search; None = the training budget (train.epochs/max_steps).
     search_steps: Optional[int] = None
+    #: prune only: end the search after this fraction of an epoch, on the full budget's
+    #: learning-rate schedule (the reference code draws its ticket from the coefficients at 0.2
+    #: of the first epoch: search_epochs=0.2); no early bird by then: the ticket drawn there.
+    search_epochs: Optional[float] = None
+    #: prune only: epochs of the compact stage; None = train.epochs, the dense baseline's budget
+    #: (the reference code retrains the ticket for 2 of the dense model's 3 epochs).
+    compact_epochs: Optional[float] = None
+    #: prune only: peak learning rate of the compact stage; None = train.lr (reference code: 4e-5,
+    #: twice the search's 2e-5).
+    compact_lr: Optional[float] = None
     #: Also fine-tune the dense model under the same budget (the time and accuracy baseline).
     dense_baseline: bool = True
 
