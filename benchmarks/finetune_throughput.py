@@ -88,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Size]
     p.add_argument("--group-by-length", action="store_true",
                    help="ours with train.group_by_length=true (the plain loop follows the same batches)")
     p.add_argument("--no-trainer", action="store_true", help="leave out the Hugging Face Trainer baseline")
+    p.add_argument("--trainer-group-by-length", action="store_true",
+                   help="the Trainer with its own group_by_length=True (its default is off)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on every side (engine.mixed_precision=bf16)")
     p.add_argument("--seed", type=int, default=0)
@@ -230,10 +232,12 @@ class TrainerSide:
     """What most users run: the Hugging Face ``Trainer`` on the same model (SDPA, the same initial
     weights), data and collate (dynamic padding), AdamW (the Trainer's default implementation)
     at the same constant learning rate, no weight decay, the same batch and clipping; its own
-    shuffled sampler (``--group-by-length`` does not change it: its default is off)."""
+    shuffled sampler (``--group-by-length`` does not change it: its default is off;
+    ``--trainer-group-by-length`` turns on its own length grouping)."""
 
     def __init__(self, size: Size, dataset, collate, init: dict, seed: int, max_grad_norm: float,
-                 device: str = "cpu", bf16: bool = False):
+                 device: str = "cpu", bf16: bool = False, group_by_length: bool = False):
+        self.group_by_length = group_by_length
         self.size, self.dataset, self.collate, self.init, self.seed = size, dataset, collate, init, seed
         self.max_grad_norm, self.device, self.bf16 = max_grad_norm, device, bf16
         self.model = build_task_model(size)
@@ -262,7 +266,8 @@ class TrainerSide:
                 lr_scheduler_type="constant", warmup_steps=0, max_steps=warmup + steps,
                 max_grad_norm=self.max_grad_norm, logging_strategy="no", save_strategy="no", report_to="none",
                 disable_tqdm=True, seed=self.seed, dataloader_drop_last=True, use_cpu=not cuda, bf16=self.bf16,
-                remove_unused_columns=False, dataloader_num_workers=0)
+                remove_unused_columns=False, dataloader_num_workers=0,
+                train_sampling_strategy="group_by_length" if self.group_by_length else "random")
             trainer = Trainer(model=self.model, args=targs, train_dataset=self.dataset, data_collator=self.collate,
                               callbacks=[Clock()])
             trainer.train()
@@ -319,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.group_by_length)
     base = Baseline(size, dataset, collate, init, index_batches, args.max_grad_norm, args.device, args.bf16)
     hf = None if args.no_trainer else TrainerSide(size, dataset, collate, init, args.seed, args.max_grad_norm,
-                                                  args.device, args.bf16)
+                                                  args.device, args.bf16, args.trainer_group_by_length)
     attn_ours = ours.model.config._attn_implementation
     attn_base = base.model.config._attn_implementation
 
@@ -459,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         "trainer_rounds": [round(x, 4) for x in results.get("trainer", [])],
         "trainer_optimizer": hf.optim if hf is not None else None,
         "lengths": args.lengths, "lengths_source": lengths_source, "group_by_length": args.group_by_length,
+        "trainer_group_by_length": args.trainer_group_by_length,
         # padding in the batches ours (and the plain loop) trained on: padded tokens / all tokens
         "pad_fraction": round(pad_fraction, 4),
         "ours_steps_per_s": round(ours_sps, 4),
