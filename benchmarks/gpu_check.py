@@ -38,7 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
-BUDGET_S = 480  # the whole check: 8 minutes
+BUDGET_S = 470  # the whole check: under 8 minutes (the driver's own start-up included)
 
 #: Dense bf16 tensor-core peak, TFLOP/s, by device name (the first entry contained in
 #: torch.cuda.get_device_name(), case-insensitive, wins: the specific names come first).
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     def parse_pytest(stdout: str) -> dict:
         counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error)", stdout)}
         return {"counts": counts, **({"error": "tests failed"} if counts.get("failed") or counts.get("error") else {})}
-    check.run("tests_gpu", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu"], 150, parse_pytest)
+    check.run("tests_gpu", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu"], 120, parse_pytest)
 
     # 2. pre-training at BERT-base geometry, MFU from the device's peak
     size = (tiny + ["--seq", "32", "--batch", "2", "--rounds", "1", "--iters", "1", "--warmup-steps", "1",
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     size = (tiny + ["--seq", "32", "--batch", "4", "--rounds", "1", "--steps", "2", "--warmup-steps", "1"] if dry else
             ["--layers", "12", "--hidden", "768", "--heads", "12", "--intermediate", "3072", "--seq", "128",
              "--batch", "32", "--steps", "10", "--rounds", "3"])
-    check.run("finetune", [str(BENCH / "finetune_throughput.py"), "--device", dev, *bf16, *size], 60,
+    check.run("finetune", [str(BENCH / "finetune_throughput.py"), "--device", dev, *bf16, *size], 90,
               bench_parse(["speedup", "speedup_paired", "ours_samples_per_s", "baseline_samples_per_s", "loss_gap"]))
 
     # 4. compaction on the GPU
@@ -195,11 +195,11 @@ def main(argv=None) -> int:
     steps = "2" if dry else "50"
     common = ["experiment=demo", f"train.max_steps={steps}", "train.log_every=1" if dry else "train.log_every=10"]
     ds = ["engine=deepspeed_zero2_bf16", *(["engine.mixed_precision=no", "engine.cpu=true"] if dry else [])]
-    cli_run(check, "deepspeed_zero2_bf16", "ds", [*common, *ds], 70, need_scale=False)
+    cli_run(check, "deepspeed_zero2_bf16", "ds", [*common, *ds], 60, need_scale=False)
 
     # 7. fp16 with the dynamic loss scale (dry: fp32 on the CPU, no scale to record)
     fp16 = ["engine=cpu"] if dry else ["engine=gpu", "engine.mixed_precision=fp16"]
-    cli_run(check, "fp16_loss_scale", "fp16", [*common, *fp16], 50, need_scale=not dry)
+    cli_run(check, "fp16_loss_scale", "fp16", [*common, *fp16], 40, need_scale=not dry)
 
     ok = all(s["status"] == "ok" for s in check.steps.values())
     shutil.rmtree(workdir, ignore_errors=True)
