@@ -109,7 +109,8 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(args.seed + 1)
     results = {}
     for b in [int(x) for x in args.batches.split(",") if x]:
-        batch = {"input_ids": torch.randint(min(1000, args.vocab // 2), args.vocab, (b, args.seq), generator=gen).to(args.device),
+        ids = torch.randint(min(1000, args.vocab // 2), args.vocab, (b, args.seq), generator=gen)
+        batch = {"input_ids": ids.to(args.device),
                  "attention_mask": torch.ones(b, args.seq, dtype=torch.long, device=args.device)}
         sides = {"dense": dense} | ({"sparse": sparse} if sparse is not None else {})
         for m in sides.values():

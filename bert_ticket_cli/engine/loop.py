@@ -93,14 +93,13 @@ def fit(
         progress.line(f"{where}resumed from {resume_from} at step {state.step}/{n_steps}")
     preempted = core.start(state, progress)  # a stop signal already pending: stop before the first step
 
+    # train.group_by_length: batches of similar length, still a pure function of (seed, epoch)
+    lengths = example_lengths(train_dataset) if order is None and getattr(train, "group_by_length", False) else None
+
     def permutation(epoch: int):
-        return epoch_order(len(train_dataset), seed, epoch)
-
-    if order is None and getattr(train, "group_by_length", False):
-        lengths = example_lengths(train_dataset)
-
-        def permutation(epoch: int):  # noqa: F811 - the length-grouped order replaces the plain one
+        if lengths is not None:
             return length_grouped_order(lengths, plan.global_batch, seed, epoch)
+        return epoch_order(len(train_dataset), seed, epoch)
 
     for _ in () if state.step >= n_steps or preempted else core.steps(state, order or permutation):
         if not accelerator.optimizer_step_was_skipped:

@@ -24,7 +24,8 @@ def support(device: torch.device | str) -> str | None:
     """None when ``device`` can run 2:4 kernels, else why not (one sentence)."""
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
-        return f"2:4 semi-structured kernels need a CUDA GPU of compute capability >= 8.0; this model is on {device.type}"
+        return (f"2:4 semi-structured kernels need a CUDA GPU of compute capability >= 8.0; "
+                f"this model is on {device.type}")
     major, minor = torch.cuda.get_device_capability(device)
     if major < 8:
         return (f"2:4 semi-structured kernels need compute capability >= 8.0 (Ampere or newer); "

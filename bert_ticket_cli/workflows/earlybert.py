@@ -236,7 +236,8 @@ def print_stages(summary: dict[str, Any]) -> None:
     t.add_row("compact (EarlyBERT)", str(summary["compact_steps"]), fmt(summary["compact_time_s"], ".1f"),
               fmt(summary["main_value"], ".4f"), f"{summary['compact_params']:,}")
     if summary.get("dense_time_s") is not None:
-        t.add_row("dense baseline", str(summary.get("dense_steps") or summary["compact_steps"]), fmt(summary["dense_time_s"], ".1f"),
+        dense_steps = summary.get("dense_steps") or summary["compact_steps"]
+        t.add_row("dense baseline", str(dense_steps), fmt(summary["dense_time_s"], ".1f"),
                   fmt(summary["dense_main_value"], ".4f"), f"{summary['dense_params']:,}")
     (Console() if sys.stdout.isatty() else Console(width=160)).print(t)
     if summary.get("time_saving") is not None:

@@ -151,6 +151,7 @@ def evaluate_multitask(cfg: RunConfig, source: str) -> int:
     ``task.data_dir`` / ``task.max_eval_samples`` given here replace the recorded ones."""
     import statistics
 
+    from bert_ticket_cli.artifacts.paths import append_jsonl
     from bert_ticket_cli.engine.session import start_session
     from bert_ticket_cli.model.build import load_tokenizer
     from bert_ticket_cli.model.multitask import ENCODER_DIR, load_multitask

@@ -77,7 +77,8 @@ def find_tickets(run: Run, method: Any) -> int:
     meta = {"method": cfg.method.name, "model": cfg.model.name_or_path or cfg.model.name, "model_id": model_id(theta0),
             "source_task": cfg.task.name, "seed": cfg.seed, "rewind_point": cfg.prune.rewind,
             "rewind_steps": rewind_at, "rewind_weights": REWIND_FROM_TICKET,
-            "scope": cfg.prune.scope, "pattern": pattern_name(nm), "total_model_params": n_model, "include_pooler": cfg.prune.include_pooler,
+            "scope": cfg.prune.scope, "pattern": pattern_name(nm),
+            "total_model_params": n_model, "include_pooler": cfg.prune.include_pooler,
             "source_model": source_model(cfg), "prune": prune_settings(cfg), "train": asdict(cfg.train)}
     prev_head: dict[str, torch.Tensor] | None = None
 

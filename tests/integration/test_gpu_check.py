@@ -32,7 +32,8 @@ def test_gpu_check_dry_run_prints_one_json_with_every_step():
     assert steps["pretrain"]["sanity_loss"]["abs_diff"] < 1e-5 and steps["pretrain"]["speedup"] > 0
     assert steps["finetune"]["ours_samples_per_s"] > 0 and steps["compact"]["params_ratio"] < 1
     assert not steps["two_four"]["semi_structured"]["ok"] and "CUDA" in steps["two_four"]["semi_structured"]["reason"]
-    assert steps["deepspeed_zero2_bf16"]["distributed_type"] == "deepspeed" and steps["deepspeed_zero2_bf16"]["steps"] == 2
+    ds = steps["deepspeed_zero2_bf16"]
+    assert ds["distributed_type"] == "deepspeed" and ds["steps"] == 2
     assert steps["fp16_loss_scale"]["steps"] == 2
 
 
