@@ -125,3 +125,28 @@ def test_semi_structured_refuses_the_cpu_and_finds_the_pattern():
     with pytest.raises(UserError, match="fp16 or bf16"):
         to_semi_structured(model, torch.float32)
     assert model[0].weight.dtype == torch.float32  # nothing changed
+
+
+@pytest.mark.parametrize("name", ["imp", "omp", "random"])
+def test_methods_with_a_pattern_give_one_exact_ticket(name):
+    from types import SimpleNamespace
+
+    from bert_ticket_cli.methods.registry import get as get_method
+
+    method = get_method(name)
+    shapes = {"a": (8, 16), "b": (4, 32)}
+    total = 8 * 16 + 4 * 32
+    cfg = SimpleNamespace(seed=1, prune=SimpleNamespace(pattern="2:4", levels=1, rate=0.1, schedule="linear",
+                                                        target_sparsity=None, scope="global", sparsities=[0.1, 0.9]))
+    targets = method.targets(cfg, total)
+    assert targets == [0, total // 2]
+    g = torch.Generator().manual_seed(0)
+    trained = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    current = {k: torch.ones(s, dtype=torch.bool) for k, s in shapes.items()}
+    out = list(method.next_tickets(0, trained=trained, current=current, targets=targets, shapes=shapes,
+                                   total=total, cfg=cfg))
+    assert [k for k, _ in out] == [1]
+    masks = out[0][1]
+    assert nm_violations(masks, (2, 4)) == {} and sum(int(m.sum()) for m in masks.values()) == total // 2
+    if name != "random":
+        assert torch.equal(masks["a"], nm_magnitude_masks(trained, current, (2, 4))["a"])
