@@ -121,6 +121,81 @@ def make_dataset(n: int, size: Size, seed: int, *, pair: bool = True, min_id: in
     return Dataset.from_dict(columns)
 
 
+#: SST-2's training-set lengths (BERT's pre-tokenizer words + [CLS] and [SEP], 67,349 rows):
+#: the deciles 0, 10, ..., 100 %; the generated stand-in when the GLUE files are absent.
+SST2_DECILES = (3, 4, 5, 6, 8, 9, 12, 14, 18, 25, 59)
+GLUE_FOLDERS = {"sst2": ("SST-2", ("sentence",)), "mrpc": ("MRPC", ("#1 String", "#2 String"))}
+
+
+def task_lengths(task: str, glue_dir: str | Path, max_len: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Token counts of a GLUE task's training rows, capped at ``max_len``, and where they came
+    from.  Counted with BERT's pre-tokenizer (words and punctuation; WordPiece would split a
+    few rare words further, so this slightly underestimates) plus [CLS] / [SEP] (pairs: 3
+    special tokens).  Without the files: 67,349 lengths drawn from SST-2's deciles."""
+    import csv
+
+    folder, columns = GLUE_FOLDERS[task]
+    path = Path(glue_dir) / folder / "train.tsv"
+    if path.is_file():
+        from tokenizers.pre_tokenizers import BertPreTokenizer
+
+        pre = BertPreTokenizer()
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+        lengths = [sum(len(pre.pre_tokenize_str(r[c] or "")) for c in columns) + len(columns) + 1 for r in rows]
+        return np.minimum(np.asarray(lengths, dtype=np.int64), max_len), str(path)
+    rng = np.random.default_rng(seed)
+    u = rng.random(67349) * 10
+    lo = np.floor(u).astype(int)
+    d = np.asarray(SST2_DECILES, dtype=float)
+    lengths = np.rint(d[lo] + (u - lo) * (d[np.minimum(lo + 1, 10)] - d[lo])).astype(np.int64)
+    return np.minimum(lengths, max_len), "generated (SST-2 deciles)"
+
+
+def make_varlen_dataset(n: int, size: Size, seed: int, pool: np.ndarray, *, pair: bool):
+    """``n`` unpadded rows whose lengths are drawn (seeded) from ``pool``: [CLS] ids [SEP], with
+    ``token_type_ids`` for pairs; binary labels.  Padded per batch by :class:`PadCollate`."""
+    from datasets import Dataset
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice(pool, size=n)
+    min_id = 1000 if size.vocab > 2000 else 110
+    ids, masks, types = [], [], []
+    for length in lengths.tolist():
+        length = max(3, int(length))
+        row = rng.integers(min_id, size.vocab, size=length)
+        row[0], row[-1] = 101, 102
+        split = length // 2
+        if pair:
+            row[split] = 102
+        ids.append(row.tolist())
+        masks.append([1] * length)
+        types.append([0] * (split + 1) + [1] * (length - split - 1))
+    columns = {"input_ids": ids, "attention_mask": masks}
+    if pair:
+        columns["token_type_ids"] = types
+    columns["labels"] = rng.integers(0, 2, size=n).tolist()
+    return Dataset.from_dict(columns)
+
+
+class PadCollate:
+    """Dynamic padding: rows -> LongTensors padded with 0 to the longest row of the batch (what
+    ``DataCollatorWithPadding`` does for BERT: [PAD] = 0, attention 0, segment 0)."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = tuple(keys)
+
+    def __call__(self, rows):
+        width = max(len(row["input_ids"]) for row in rows)
+        out = {}
+        for k in self.keys:
+            if k == "labels":
+                out[k] = torch.tensor([row[k] for row in rows], dtype=torch.long)
+            else:
+                out[k] = torch.tensor([row[k] + [0] * (width - len(row[k])) for row in rows], dtype=torch.long)
+        return out
+
+
 class StackCollate:
     """Rows of equal length -> a dict of stacked LongTensors (no padding needed)."""
 
@@ -171,13 +246,16 @@ class StepClock:
     of milliseconds).  ``before_step`` does nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sync: bool = False) -> None:
         self.times: list[float] = []
+        self.sync = sync  # on a GPU: wait for the step's kernels before noting the time
 
     def before_step(self, model: torch.nn.Module) -> None:
         pass
 
     def after_step(self, model: torch.nn.Module) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
         self.times.append(_common.now())
 
 

@@ -54,8 +54,8 @@ _common.passive_openmp()  # before torch: see there (steady numbers on a shared 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _bert_bench import (  # noqa: E402
-    Size, StackCollate, StepClock, add_size_args, bert_overrides, build_task_model, fit_sandbox, make_dataset,
-    size_from_args, train_config,
+    PadCollate, Size, StackCollate, StepClock, add_size_args, bert_overrides, build_task_model, fit_sandbox,
+    make_dataset, make_varlen_dataset, size_from_args, task_lengths, train_config,
 )
 
 BENCHMARK = "finetune_throughput"
@@ -80,6 +80,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Size]
                    help="how fit's setup is excluded: hook = per-step timestamps inside one run "
                         "(default, less noisy); diff = t(N2 steps) - t(N1 steps) of two runs")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--lengths", choices=("fixed", "sst2", "mrpc"), default="fixed",
+                   help="fixed: every row --seq tokens (default); sst2 / mrpc: row lengths drawn from the task's "
+                        "training set (--glue-dir; generated from SST-2's deciles when absent), dynamic padding")
+    p.add_argument("--glue-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"),
+                   help="folder of GLUE task folders (SST-2/train.tsv, MRPC/train.tsv)")
+    p.add_argument("--group-by-length", action="store_true",
+                   help="ours with train.group_by_length=true (the plain loop follows the same batches)")
+    p.add_argument("--no-trainer", action="store_true", help="leave out the Hugging Face Trainer baseline")
+    p.add_argument("--trainer-group-by-length", action="store_true",
+                   help="the Trainer with its own group_by_length=True (its default is off)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on every side (engine.mixed_precision=bf16)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     size = size_from_args(p, args, DEFAULT, QUICK)
@@ -102,7 +114,8 @@ def probe_loss(model: torch.nn.Module, batch: dict) -> float:
     """Loss on a fixed held-out batch (eval mode; dropout is 0 anyway)."""
     was_training = model.training
     model.eval()
-    loss = float(model(**batch).loss)
+    device = next(model.parameters()).device
+    loss = float(model(**{k: v.to(device) for k, v in batch.items()}).loss)
     model.train(was_training)
     return loss
 
@@ -113,8 +126,11 @@ class Ours:
     """``fit`` as ``bert-ticket rewind`` calls it, minus evaluation and checkpoints, plus a
     StepClock hook (through the ``hooks`` argument every method plugs into)."""
 
-    def __init__(self, size: Size, dataset, collate, init: dict, seed: int, max_grad_norm: float):
+    def __init__(self, size: Size, dataset, collate, init: dict, seed: int, max_grad_norm: float,
+                 device: str = "cpu", bf16: bool = False, group_by_length: bool = False):
         from bert_ticket_cli.engine.setup import plan_batches
+
+        self.device, self.bf16, self.group_by_length = device, bf16, group_by_length
 
         self.size, self.dataset, self.collate, self.init, self.seed = size, dataset, collate, init, seed
         self.max_grad_norm = max_grad_norm
@@ -124,7 +140,10 @@ class Ours:
         self.last_mean_loss = float("nan")
 
     def _train_config(self, steps: int):
-        return train_config(self.size, steps, lr=LR, weight_decay=0.0, max_grad_norm=self.max_grad_norm)
+        from dataclasses import replace
+
+        return replace(train_config(self.size, steps, lr=LR, weight_decay=0.0, max_grad_norm=self.max_grad_norm),
+                       group_by_length=self.group_by_length)
 
     def run(self, steps: int) -> tuple[float, list[float]]:
         """One complete ``fit`` of ``steps`` optimizer steps from the initial weights: its
@@ -139,10 +158,13 @@ class Ours:
 
         self.model.load_state_dict(self.init)
         train = self._train_config(steps)
-        clock = StepClock()
+        clock = StepClock(sync=self.device.startswith("cuda"))
         with fit_sandbox("bench-fit-") as run:
             t0 = _common.now()
-            accelerator = make_accelerator(EngineConfig(name="cpu", cpu=True), train, self.plan)
+            on_cpu = not self.device.startswith("cuda")
+            engine = EngineConfig(name="cpu" if on_cpu else "gpu", cpu=on_cpu,
+                                  mixed_precision="bf16" if self.bf16 else "no")
+            accelerator = make_accelerator(engine, train, self.plan)
             result = fit(
                 accelerator=accelerator, model=self.model, train_dataset=self.dataset, collate=self.collate,
                 train=train, plan=self.plan, seed=self.seed, run=run, evaluate=None, hooks=[clock],
@@ -160,10 +182,11 @@ class Baseline:
     """The plain loop a user would write, fed exactly the batches ``fit`` uses."""
 
     def __init__(self, size: Size, dataset, collate, init: dict, index_batches: list[list[int]],
-                 max_grad_norm: float):
+                 max_grad_norm: float, device: str = "cpu", bf16: bool = False):
+        self.device, self.bf16 = device, bf16
         self.dataset, self.collate, self.init = dataset, collate, init
         self.index_batches, self.max_grad_norm = index_batches, max_grad_norm
-        self.model = build_baseline(size)
+        self.model = build_baseline(size).to(device)
         self.model.load_state_dict(init)
         self.losses: list[float] = []
         self.ends: list[float] = []  # perf_counter at the end of each step of the last run
@@ -182,14 +205,20 @@ class Baseline:
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=0.0)
         loader = DataLoader(self.dataset, batch_sampler=self.index_batches[:warmup + steps],
                             collate_fn=self.collate)
+        cuda = self.device.startswith("cuda")
+        autocast = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=self.bf16)
         for batch in loader:
-            loss = self.model(**batch).loss
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with autocast:
+                loss = self.model(**batch).loss
             loss.backward()
             if self.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad()
             self.losses.append(loss.item())  # .item() as fit's logging does at log steps; ~free on CPU
+            if cuda:
+                torch.cuda.synchronize()
             self.ends.append(_common.now())
         assert len(self.ends) == warmup + steps
         seconds = self.ends[-1] - self.ends[warmup - 1]
@@ -199,6 +228,57 @@ class Baseline:
         return seconds, durations
 
 
+class TrainerSide:
+    """What most users run: the Hugging Face ``Trainer`` on the same model (SDPA, the same initial
+    weights), data and collate (dynamic padding), AdamW (the Trainer's default implementation)
+    at the same constant learning rate, no weight decay, the same batch and clipping; its own
+    shuffled sampler (``--group-by-length`` does not change it: its default is off;
+    ``--trainer-group-by-length`` turns on its own length grouping)."""
+
+    def __init__(self, size: Size, dataset, collate, init: dict, seed: int, max_grad_norm: float,
+                 device: str = "cpu", bf16: bool = False, group_by_length: bool = False):
+        self.group_by_length = group_by_length
+        self.size, self.dataset, self.collate, self.init, self.seed = size, dataset, collate, init, seed
+        self.max_grad_norm, self.device, self.bf16 = max_grad_norm, device, bf16
+        self.model = build_task_model(size)
+        self.optim = None
+
+    def run(self, warmup: int, steps: int) -> tuple[float, list[float]]:
+        import contextlib
+        import io
+        import tempfile
+
+        from transformers import Trainer, TrainerCallback, TrainingArguments
+
+        self.model.load_state_dict(self.init)
+        cuda = self.device.startswith("cuda")
+        ends: list[float] = []
+
+        class Clock(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if cuda:
+                    torch.cuda.synchronize()
+                ends.append(_common.now())
+
+        with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+            targs = TrainingArguments(
+                output_dir=tmp, per_device_train_batch_size=self.size.batch, learning_rate=LR, weight_decay=0.0,
+                lr_scheduler_type="constant", warmup_steps=0, max_steps=warmup + steps,
+                max_grad_norm=self.max_grad_norm, logging_strategy="no", save_strategy="no", report_to="none",
+                disable_tqdm=True, seed=self.seed, dataloader_drop_last=True, use_cpu=not cuda, bf16=self.bf16,
+                remove_unused_columns=False, dataloader_num_workers=0,
+                train_sampling_strategy="group_by_length" if self.group_by_length else "random")
+            trainer = Trainer(model=self.model, args=targs, train_dataset=self.dataset, data_collator=self.collate,
+                              callbacks=[Clock()])
+            trainer.train()
+            self.optim = type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
+                              else trainer.optimizer).__name__ + f" ({targs.optim})"
+        assert len(ends) == warmup + steps, len(ends)
+        del trainer
+        gc.collect()
+        return ends[-1] - ends[warmup - 1], np.diff(ends[warmup - 1:]).tolist()
+
+
 # ----------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,19 +286,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from bert_ticket_cli.engine.batches import StepBatches, epoch_order
+    from bert_ticket_cli.engine.batches import StepBatches, epoch_order, length_grouped_order
 
     n1 = size.warmup_steps
     n2 = size.warmup_steps + size.steps
     # One epoch is exactly n2 steps, so a fit of n2 steps never starts a second permutation.
-    dataset = make_dataset(n2 * size.batch, size, args.seed)
-    collate = StackCollate(dataset.column_names)
-    probe = collate(list(make_dataset(size.batch, size, args.seed + 1)))
+    lengths_source = "fixed"
+    if args.lengths == "fixed":
+        dataset = make_dataset(n2 * size.batch, size, args.seed)
+        collate = StackCollate(dataset.column_names)
+        probe = collate(list(make_dataset(size.batch, size, args.seed + 1)))
+    else:
+        pool, lengths_source = task_lengths(args.lengths, args.glue_dir, size.seq, args.seed)
+        pair = args.lengths == "mrpc"
+        dataset = make_varlen_dataset(n2 * size.batch, size, args.seed, pool, pair=pair)
+        collate = PadCollate(dataset.column_names)
+        probe = collate(list(make_varlen_dataset(size.batch, size, args.seed + 1, pool, pair=pair)))
     # The rows fit visits, step by step: the project's own sampler for (seed, epoch 0), so
     # the baseline sees the same examples in the same order (a user would shuffle with a
     # DataLoader; the order does not change the cost, only makes the losses comparable).
-    index_batches = list(StepBatches(epoch_order(len(dataset), args.seed, 0), global_batch=size.batch,
+    row_lengths = [len(r) for r in dataset["input_ids"]]
+    order = (length_grouped_order(row_lengths, size.batch, args.seed, 0) if args.group_by_length
+             else epoch_order(len(dataset), args.seed, 0))
+    index_batches = list(StepBatches(order, global_batch=size.batch,
                                       micro_batch=size.batch, world_size=1, rank=0, steps=n2))
+    padded = sum(len(b) * max(row_lengths[i] for i in b) for b in index_batches)
+    pad_fraction = 1.0 - sum(row_lengths[i] for b in index_batches for i in b) / padded
 
     torch.manual_seed(args.seed)
     init_model = build_task_model(size)
@@ -227,8 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     loss_start = probe_loss(init_model, probe)
     del init_model
 
-    ours = Ours(size, dataset, collate, init, args.seed, args.max_grad_norm)
-    base = Baseline(size, dataset, collate, init, index_batches, args.max_grad_norm)
+    ours = Ours(size, dataset, collate, init, args.seed, args.max_grad_norm, args.device, args.bf16,
+                args.group_by_length)
+    base = Baseline(size, dataset, collate, init, index_batches, args.max_grad_norm, args.device, args.bf16)
+    hf = None if args.no_trainer else TrainerSide(size, dataset, collate, init, args.seed, args.max_grad_norm,
+                                                  args.device, args.bf16, args.trainer_group_by_length)
     attn_ours = ours.model.config._attn_implementation
     attn_base = base.model.config._attn_implementation
 
@@ -287,6 +383,13 @@ def main(argv: list[str] | None = None) -> int:
         finals["base_train_mean"] = float(np.mean(base.losses))
         return size.steps / t
 
+    step_times["trainer"] = []
+
+    def trainer_side() -> float:
+        t, durations = hf.run(n1, size.steps)
+        step_times["trainer"] += durations
+        return size.steps / t
+
     weight_gaps: list[float] = []
     ratios: list[float] = []
 
@@ -294,13 +397,16 @@ def main(argv: list[str] | None = None) -> int:
         ratios.append(rates["ours"] / rates["baseline"])
         # Both models now hold the weights after the same n2 steps from the same start.
         theirs = base.model.state_dict()
-        weight_gaps.append(max((v - theirs[k]).abs().max().item() for k, v in ours.model.state_dict().items()))
+        weight_gaps.append(max((v.float() - theirs[k].to(v.device).float()).abs().max().item()
+                               for k, v in ours.model.state_dict().items()))
         probe_gaps.append(abs(finals["ours"] - finals["base"]))
         train_gaps.append(abs(finals["ours_train_mean"] - finals["base_train_mean"]))
         _common.log(f"[{BENCHMARK}] round {r + 1}/{size.rounds}: ours {rates['ours']:.3f} steps/s, "
                     f"baseline {rates['baseline']:.3f} steps/s, loss gap {probe_gaps[-1]:.2e}")
 
-    results = _common.alternate(size.rounds, {"ours": ours_side, "baseline": base_side}, on_round=after_round)
+    sides = {"ours": ours_side, "baseline": base_side, **({"trainer": trainer_side} if hf is not None else {})}
+    results = _common.alternate(size.rounds, sides, on_round=after_round)
+    trainer_sps = _common.median(results["trainer"]) if hf is not None else float("nan")
 
     ours_sps = _common.median(results["ours"])
     base_sps = _common.median(results["baseline"])
@@ -327,14 +433,20 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("rounds (steps/s)", justify="right")
     table.add_column("spread", justify="right")
     table.add_column(f"loss after {n2} steps", justify="right")
-    for label, key, attn, final in (("ours: engine.loop.fit", "ours", attn_ours, finals["ours"]),
-                                    ("baseline: plain loop", "baseline", attn_base, finals["base"])):
+    rows = [("ours: engine.loop.fit", "ours", attn_ours, finals["ours"]),
+            ("baseline: plain loop", "baseline", attn_base, finals["base"])]
+    if hf is not None:
+        rows.append(("Hugging Face Trainer", "trainer", hf.model.config._attn_implementation, float("nan")))
+    for label, key, attn, final in rows:
         sps = _common.median(results[key])
         table.add_row(label, attn, f"{sps:.3f}", f"{sps * size.batch:.1f}", f"{1000 / sps:.1f}",
                       *_common.rounds_cells(results[key]),
                       f"{final:.6f}")
     table.add_section()
-    table.add_row("ratio", "", f"{speedup:.3f}x", f"{speedup:.3f}x", "", "", "", f"gap {loss_gap:.1e}")
+    table.add_row("ours / plain loop", "", f"{speedup:.3f}x", f"{speedup:.3f}x", "", "", "", f"gap {loss_gap:.1e}")
+    if hf is not None:
+        vs = ours_sps / trainer_sps
+        table.add_row("ours / Trainer", "", f"{vs:.3f}x", f"{vs:.3f}x", "", "", "", "")
     Console(width=160).print(table)
     print(f"paired speedup (median of per-round ratios) {_common.median(ratios):.3f}x; median single step: "
           f"ours {1000 * _common.median(step_times['ours']):.1f} ms, "
@@ -346,6 +458,15 @@ def main(argv: list[str] | None = None) -> int:
     _common.emit_result({
         "benchmark": BENCHMARK,
         "speedup": round(speedup, 4),
+        # ours / the Hugging Face Trainer, examples per second (None with --no-trainer)
+        "speedup_vs_trainer": round(ours_sps / trainer_sps, 4) if hf is not None else None,
+        "trainer_samples_per_s": round(trainer_sps * size.batch, 2) if hf is not None else None,
+        "trainer_rounds": [round(x, 4) for x in results.get("trainer", [])],
+        "trainer_optimizer": hf.optim if hf is not None else None,
+        "lengths": args.lengths, "lengths_source": lengths_source, "group_by_length": args.group_by_length,
+        "trainer_group_by_length": args.trainer_group_by_length,
+        # padding in the batches ours (and the plain loop) trained on: padded tokens / all tokens
+        "pad_fraction": round(pad_fraction, 4),
         "ours_steps_per_s": round(ours_sps, 4),
         "baseline_steps_per_s": round(base_sps, 4),
         "ours_samples_per_s": round(ours_sps * size.batch, 2),
@@ -366,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         "loss_final_baseline": round(finals["base"], 6),
         "attention": {"ours": attn_ours, "baseline": attn_base},
         "config": {**size.__dict__, "params": n_params, "lr": LR, "max_grad_norm": args.max_grad_norm,
+                   "device": args.device, "bf16": args.bf16,
                    "seed": args.seed, "timed_steps_from": n1, "timed_steps_to": n2,
                    "fit_timing": args.fit_timing},
     }, quick=args.quick)

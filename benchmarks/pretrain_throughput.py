@@ -42,17 +42,20 @@ a CPU; on a GPU it serialises host and device a little more, on both sides alike
 
 Model FLOPs counted for OUR step (multiply-add = 2 FLOPs; forward + backward = 3 x forward)::
 
-    flops = 6 * N_enc * T                        # encoder linear layers, T = B * L tokens
-          + 3 * layers * B * 4 * L^2 * H         # attention scores QK^T and the weighted sum of V
-          + 6 * (H^2 + H * V) * M                # sparse head: transform + tied decoder, M predicted tokens
-    N_enc = layers * (4 * H^2 + 2 * H * I)       # q, k, v, attention output; FFN in and out (weights)
+    flops = 6 * N_enc * T                        # encoder linear layers but the last, T = B * L tokens
+          + 3 * (layers - 1) * B * 4 * L^2 * H   # attention scores QK^T and the weighted sum of V
+          + 6 * (2 * H^2 * T + (2 * H^2 + 2 * H * I) * M) + 3 * 4 * L * H * M
+                                                 # last layer: k, v at every token; q, attention,
+                                                 # output projection and FFN at the M predicted ones
+          + 6 * (H^2 + H * V) * M                # sparse head: transform + tied decoder
+    N_enc = (layers - 1) * (4 * H^2 + 2 * H * I) # q, k, v, attention output; FFN in and out (weights)
 
 Not counted: biases, LayerNorm, GELU, softmax, dropout, the embedding lookup and its gradient,
-the optimizer.  The baseline's figure uses the same formula with M = B * L (its head runs on
-every position).  ``flops_ratio`` = baseline FLOPs / our FLOPs is the speedup to expect if both
-sides ran at the same FLOP/s: the encoder does the same work on both sides, so sparse
-prediction can only remove the head's share (2.47 at the default geometry, where the head is
-70 % of the baseline's FLOPs; ~1.3 at BERT-base geometry).  Measured speedups above it come
+the optimizer.  The baseline's figure counts every layer in full with M = B * L (its head and
+last layer run on every position).  ``flops_ratio`` = baseline FLOPs / our FLOPs is the
+speedup to expect if both sides ran at the same FLOP/s: the first layers do the same work on
+both sides, so sparse prediction removes the head's share and most of the last layer's
+(about 3.0 at the default 4-layer geometry; ~1.45 at BERT-base geometry, 12 layers).  Measured speedups above it come
 from the baseline's memory-bound work on [B * L, V] tensors (log-softmax, its gradient, the
 zero-filled NLL gradient: ~500 MB each at the default size) and its slower optimizer.
 ``flops_vs_matmul`` = our achieved model FLOP/s / the FLOP/s of a plain
@@ -136,6 +139,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]
     p.add_argument("--matmul-size", type=int, default=2048, help="side of the reference square matmul (2048)")
     p.add_argument("--baseline-foreach", action="store_true",
                    help="give the baseline AdamW foreach=True instead of torch's default choice")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile OUR model (in place, as engine.compile=true does); the baseline stays eager")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after timing, profile STEPS steps of each side (torch.profiler) and print the top ops")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     size = dict(QUICK if args.quick else DEFAULT)
@@ -240,11 +247,17 @@ def recipe_adamw(model: torch.nn.Module, fused: bool) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=RECIPE["lr"], betas=RECIPE["betas"], eps=RECIPE["eps"], fused=fused)
 
 
-def step_flops(size: dict, predicted_tokens: float) -> float:
-    """Model FLOPs of one training step (see the module docstring)."""
+def step_flops(size: dict, predicted_tokens: float, *, sparse_last_layer: bool = False) -> float:
+    """Model FLOPs of one training step (see the module docstring).  ``sparse_last_layer``: the
+    last encoder layer computes keys and values at every position but its queries, attention,
+    output projection and FFN at the predicted tokens only (``SparseBertForMaskedLM``)."""
     h, inter, seq, batch, layers = size["hidden"], size["intermediate"], size["seq"], size["batch"], size["layers"]
-    encoder = 6 * layers * (4 * h * h + 2 * h * inter) * batch * seq
-    attention = 3 * layers * batch * 4 * seq * seq * h
+    tokens, dense_layers = batch * seq, layers - (1 if sparse_last_layer else 0)
+    encoder = 6 * dense_layers * (4 * h * h + 2 * h * inter) * tokens
+    attention = 3 * dense_layers * batch * 4 * seq * seq * h
+    if sparse_last_layer:
+        encoder += 6 * (2 * h * h * tokens + (2 * h * h + 2 * h * inter) * predicted_tokens)
+        attention += 3 * 4 * seq * h * predicted_tokens
     head = 6 * (h * h + h * size["vocab"]) * predicted_tokens
     return float(encoder + attention + head)
 
@@ -333,6 +346,27 @@ class Matmul:
         return self.flops / best
 
 
+def profile_top_ops(side: "Side", steps: int, top: int = 12) -> list[dict]:
+    """``steps`` training steps of ``side`` under torch.profiler: the ``top`` ops by self time
+    (CPU, or CUDA on a GPU), printed as a table and returned for the JSON."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if side.cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            side.step(False)
+    key = "self_cuda_time_total" if side.cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key.replace("_total", "_total"), 0), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1.0
+    rows = [{"op": e.key, "self_ms_per_step": round(getattr(e, key) / 1000 / steps, 3),
+             "share": round(getattr(e, key) / total, 4), "calls_per_step": e.count / steps} for e in events[:top]]
+    print(f"top ops ({'CUDA' if side.cuda else 'CPU'} self time, {steps} steps):")
+    for r in rows:
+        print(f"  {r['op']:<48} {r['self_ms_per_step']:9.2f} ms/step  {100 * r['share']:5.1f}%  "
+              f"{r['calls_per_step']:6.1f} calls")
+    return rows
+
+
 # ----------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     ours_model.train()
     base_opt = torch.optim.AdamW(baseline_model.parameters(), **({"foreach": True} if args.baseline_foreach else {}))
     ours_opt = recipe_adamw(ours_model, fused=True)
+    if args.compile:
+        ours_model.compile()  # in place: the first warm-up steps pay the compilation
     base_impl = ("foreach" if args.baseline_foreach else
                  "default (foreach)" if device.startswith("cuda") else "default (for-loop: torch's CPU choice)")
     sides = {
@@ -407,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     tok_s = {k: tokens / v for k, v in step_s.items()}
     speedup = tok_s["ours"] / tok_s["baseline"]
     speedup_paired = _common.median([b / o for o, b in zip(rounds["ours"], rounds["baseline"])])
-    flops = {"ours": step_flops(size, predicted), "baseline": step_flops(size, tokens)}
+    flops = {"ours": step_flops(size, predicted, sparse_last_layer=True), "baseline": step_flops(size, tokens)}
     flops_ratio = flops["baseline"] / flops["ours"]  # the speedup if both sides ran at the same FLOP/s
     achieved = {k: flops[k] / step_s[k] for k in sides}
     matmul_rate = _common.median(matmul.rates)
@@ -454,8 +490,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"same masked batch, eval: ours {sanity_ours:.6f}, baseline {sanity_base:.6f}", "")
     Console(width=190).print(table)
 
+    profiles = {name: profile_top_ops(side, args.profile) for name, side in sides.items()} if args.profile else None
+
     _common.emit_result({
         "benchmark": BENCHMARK,
+        "compile": args.compile,
+        **({"profile_top_ops": profiles} if profiles else {}),
         "speedup": round(speedup, 4),  # ours tokens/s / baseline tokens/s (median steps)
         "speedup_paired": round(speedup_paired, 4),
         "ours_tokens_per_s": round(tok_s["ours"], 1),

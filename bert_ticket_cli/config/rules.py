@@ -113,6 +113,12 @@ def _engine(cfg: Any) -> list[str]:
     e = cfg.engine
     if e.mixed_precision not in ("no", "bf16", "fp16"):
         return [f"'engine.mixed_precision' must be no, bf16 or fp16, got {e.mixed_precision!r}"]
+    if e.compile:
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if e.compile_backend not in backends:
+            return [f"'engine.compile_backend' must be one of {', '.join(sorted(backends))}, got {e.compile_backend!r}"]
     return []
 
 
@@ -198,6 +204,31 @@ def _prune(cfg: Any) -> list[str]:
     bad = [s for s in p.sparsities if not 0 < s < 1]
     if bad:
         errs.append(f"sparsity must be in [0, 1): prune.sparsities has {bad[0]}")
+    return errs + _pattern(cfg) + _earlybert_prune(cfg)
+
+
+def _pattern(cfg: Any) -> list[str]:
+    """``prune.pattern=N:M``: one ticket at sparsity 1 - N/M (IMP: one level, see README)."""
+    from bert_ticket_cli.sparsity.nm import nm_sparsity, parse_pattern
+
+    p = cfg.prune
+    try:
+        nm = parse_pattern(p.pattern)
+    except UserError as exc:
+        return [str(exc)]
+    if nm is None:
+        return []
+    errs, name = [], f"prune.pattern={nm[0]}:{nm[1]}"
+    if cfg.method.name not in ("imp", "omp", "random"):
+        errs.append(f"{name} is for method=imp, omp or random, not method={cfg.method.name}")
+    if cfg.method.name == "imp" and p.levels != 1:
+        errs.append(f"{name} fixes the sparsity at {nm_sparsity(nm):g}, so IMP has one level (prune, rewind, "
+                    f"retrain): add prune.levels=1 (got prune.levels={p.levels})")
+    if p.target_sparsity is not None and abs(p.target_sparsity - nm_sparsity(nm)) > 1e-9:
+        errs.append(f"{name} fixes the sparsity at {nm_sparsity(nm):g}: drop prune.target_sparsity "
+                    f"(got {p.target_sparsity})")
+    if p.scope != "global":
+        errs.append(f"{name} prunes within each group of {nm[1]} weights: prune.scope does not apply, leave it global")
     return errs
 
 
@@ -221,7 +252,25 @@ def _earlybert(eb: Any) -> list[str]:
         errs.append(f"method.threshold must be in [0, 1], got {eb.threshold}")
     if eb.search_steps is not None and eb.search_steps < 1:
         errs.append(f"method.search_steps must be >= 1, got {eb.search_steps}")
+    for name in ("search_epochs", "compact_epochs", "compact_lr"):
+        if getattr(eb, name) is not None and not getattr(eb, name) > 0:
+            errs.append(f"method.{name} must be > 0, got {getattr(eb, name)}")
     return errs
+
+
+def _earlybert_prune(cfg: Any) -> list[str]:
+    """EarlyBERT settings that only fine-tuning's stages read (pre-training has its own budget)."""
+    eb = cfg.method
+    if cfg.method.name != "earlybert":
+        return []
+    given = [k for k in ("search_epochs", "compact_epochs", "compact_lr") if getattr(eb, k, None) is not None]
+    if cfg.verb != "prune" and given:
+        return [f"method.{given[0]} is for prune method=earlybert (fine-tuning); pretrain's stages follow "
+                f"pretrain.budget"]
+    if eb.compact_epochs is not None and cfg.train.max_steps:
+        return ["method.compact_epochs needs train.epochs (train.max_steps fixes every stage's length): "
+                "drop train.max_steps"]
+    return []
 
 
 def _super_tickets(st: Any) -> list[str]:
@@ -303,6 +352,7 @@ def _pretrain(cfg: Any) -> list[str]:
         errs.append(f"pretrain.budget must be > 0, got {p.budget!r}")
     if cfg.method.name not in PRETRAIN_METHODS:
         errs.append(f"method must be dense or earlybert for pretrain, got {cfg.method.name!r}")
+    errs.extend(_earlybert_prune(cfg))
     if p.clock not in ("wall", "steps"):
         errs.append(f"pretrain.clock must be wall or steps, got {p.clock!r}")
     elif p.clock == "steps" and not cfg.train.max_steps:

@@ -102,6 +102,10 @@ class TrainConfig:
     save_every: int = 0
     #: Checkpoints kept on disk (older ones are deleted once a newer one is complete).
     keep_checkpoints: int = 1
+    #: Length-grouped batches: each global batch holds rows of similar length (mega-batches of
+    #: 50 batches sorted by length, the batches then shuffled), so dynamic padding pads less.
+    #: Still a pure function of (seed, epoch): exact resume, any process count.
+    group_by_length: bool = False
 
 
 @dataclass
@@ -116,6 +120,12 @@ class EngineConfig:
     deepspeed: Optional[dict[str, Any]] = None
     #: DataLoader worker processes.
     num_workers: int = 0
+    #: torch.compile the model for training (in place, nn.Module.compile: saved weights and
+    #: checkpoints keep their plain parameter names). Off by default: the first steps pay the
+    #: compilation (tens of seconds), and shapes that change (dynamic padding) recompile.
+    compile: bool = False
+    #: torch.compile backend (inductor; aot_eager / eager to debug).
+    compile_backend: str = "inductor"
 
 
 @dataclass
@@ -128,6 +138,10 @@ class EvalConfig:
     predict_test: bool = False
     #: Evaluation batch size per process.
     batch_size: int = 64
+    #: Run the 2:4-pruned linear layers (a prune.pattern=2:4 ticket's model) with torch's
+    #: semi-structured sparse kernels (CUDA compute capability >= 8.0, engine.mixed_precision
+    #: bf16 / fp16); the masked dense model's metrics are recorded next to them.
+    semi_structured: bool = False
     #: padded: also write the evaluated model as a plain full-size BERT (removed heads and
     #: neurons of a compacted model as exact zeros) under <run>/export/, loadable by plain
     #: transformers; None = no export.
@@ -251,6 +265,16 @@ class EarlyBertMethodConfig(MethodConfig):
     stop_at_early_bird: bool = True
     #: Most optimizer steps of the search; None = the training budget (train.epochs/max_steps).
     search_steps: Optional[int] = None
+    #: prune only: end the search after this fraction of an epoch, on the full budget's
+    #: learning-rate schedule (the reference code draws its ticket from the coefficients at 0.2
+    #: of the first epoch: search_epochs=0.2); no early bird by then: the ticket drawn there.
+    search_epochs: Optional[float] = None
+    #: prune only: epochs of the compact stage; None = train.epochs, the dense baseline's budget
+    #: (the reference code retrains the ticket for 2 of the dense model's 3 epochs).
+    compact_epochs: Optional[float] = None
+    #: prune only: peak learning rate of the compact stage; None = train.lr (reference code: 4e-5,
+    #: twice the search's 2e-5).
+    compact_lr: Optional[float] = None
     #: Also fine-tune the dense model under the same budget (the time and accuracy baseline).
     dense_baseline: bool = True
 
@@ -293,6 +317,10 @@ class PruneConfig:
     reset_head: bool = True
     #: omp / random: the sparsities produced in one run.
     sparsities: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    #: N:M semi-structured tickets, e.g. "2:4": every group of M consecutive input weights keeps
+    #: exactly N (sparsity 1 - N/M; one ticket: prune.sparsities does not apply and IMP needs
+    #: prune.levels=1); None = unstructured.
+    pattern: Optional[str] = None
 
 
 @dataclass

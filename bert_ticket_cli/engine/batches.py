@@ -34,6 +34,38 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+#: Global batches per mega-batch of :func:`length_grouped_order` (the rows sorted together).
+MEGA_BATCHES = 50
+
+
+def length_grouped_order(lengths: Any, global_batch: int, seed: int, epoch: int, *,
+                         mega: int = MEGA_BATCHES) -> np.ndarray:
+    """One epoch's order in which each global batch holds rows of similar length
+    (``train.group_by_length``): less padding, so fewer wasted FLOPs with dynamic padding.
+
+    The epoch's permutation (:func:`epoch_order`) is cut into mega-batches of ``mega`` global
+    batches; each mega-batch is sorted by length, longest first (ties keep the permutation's
+    order), and cut into global batches; then the epoch's whole global batches are shuffled
+    (seeded by ``(seed, epoch)``), so long and short batches alternate randomly.  The rows of
+    an incomplete last batch stay at the end (the epoch drops them).  A pure function of
+    ``(lengths, seed, epoch)``, an order like any other: every process count and a resumed run
+    see the same global batches, step for step.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n, b = len(lengths), int(global_batch)
+    perm = epoch_order(n, seed, epoch)
+    span = max(1, int(mega)) * b
+    parts = []
+    for lo in range(0, n, span):
+        chunk = perm[lo:lo + span]
+        parts.append(chunk[np.argsort(-lengths[chunk], kind="stable")])
+    grouped = np.concatenate(parts) if parts else perm
+    whole = n // b
+    batches = grouped[:whole * b].reshape(whole, b)
+    shuffle = np.random.default_rng([seed, epoch, 2]).permutation(whole)
+    return np.concatenate([batches[shuffle].reshape(-1), grouped[whole * b:]])
+
+
 SAMPLINGS = ("proportional", "uniform", "temperature")
 
 

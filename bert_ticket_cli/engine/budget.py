@@ -197,12 +197,13 @@ def fit_budget(
     num_workers: int = 0,
     label: str = "pretrain",
     tracking=None,
+    compile_backend: str | None = None,
 ) -> TrainResult:
     """Train ``model`` until the budget (or max_steps / an early stop / a signal) ends it."""
     core = StepCore(accelerator=accelerator, model=model, train_dataset=train_dataset, collate=collate, train=train,
                     plan=plan, seed=seed, run=run, evaluate=evaluate, hooks=hooks, penalty=penalty,
                     num_workers=num_workers, pin_memory=accelerator.device.type == "cuda", count_tokens=True,
-                    poison=True, tracking=tracking)
+                    poison=True, tracking=tracking, compile_backend=compile_backend)
     state = core.resume(resume_from)
     many = accelerator.num_processes > 1
     steps_clock = budget.clock == "steps"

@@ -276,7 +276,8 @@ class StepCore:
                  plan: BatchPlan, seed: int, run: RunDir, evaluate: Callable[[torch.nn.Module], dict] | None,
                  hooks: list[StepHooks] = (), penalty: Callable[[], torch.Tensor] | None = None,
                  num_workers: int = 0, pin_memory: bool = False, count_tokens: bool = False,
-                 poison: bool = False, tracking: Any = None, per_epoch: int | None = None):
+                 poison: bool = False, tracking: Any = None, per_epoch: int | None = None,
+                 compile_backend: str | None = None):
         self.accelerator, self.train, self.plan, self.seed, self.run = accelerator, train, plan, seed, run
         self.train_dataset, self.collate, self.evaluate = train_dataset, collate, evaluate
         self.hooks, self.penalty, self.num_workers, self.pin_memory = hooks, penalty, num_workers, pin_memory
@@ -287,6 +288,10 @@ class StepCore:
         # EarlyBERT stages): save_state / load_state act on every prepared object, so a resumed
         # later level would otherwise load the first level's weights into its own model.
         accelerator.free_memory()
+        if compile_backend:
+            # In place (nn.Module.compile), not torch.compile(model): the wrapper that returns would
+            # prefix every name with "_orig_mod.", in saved weights and checkpoints alike.
+            model.compile(backend=compile_backend)
         deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
         self.optimizer = make_optimizer(model, train, deepspeed=deepspeed)
         self.base_lrs = [train.lr for _ in self.optimizer.param_groups]

@@ -15,7 +15,8 @@ import torch
 
 from bert_ticket_cli.artifacts.paths import RunDir
 from bert_ticket_cli.config.schema import TrainConfig
-from bert_ticket_cli.engine.batches import epoch_order, steps_per_epoch
+from bert_ticket_cli.engine.batches import epoch_order, length_grouped_order, steps_per_epoch
+from bert_ticket_cli.engine.budget import loss_scale
 from bert_ticket_cli.engine.core import (  # noqa: F401  (the commands' import points)
     StepCore, StepHooks, TrainResult, TrainState, checkpoint_step, make_optimizer, param_groups, save_checkpoint,
     save_model,
@@ -42,6 +43,15 @@ def total_steps(train: TrainConfig, per_epoch: int) -> int:
     return int(train.max_steps) if train.max_steps else max(1, math.ceil(train.epochs * per_epoch))
 
 
+def example_lengths(dataset) -> list[int]:
+    """Tokens per training example (the ``input_ids`` column), for ``train.group_by_length``."""
+    names = getattr(dataset, "column_names", None) or []
+    if "input_ids" not in names:
+        raise UserError("train.group_by_length=true needs a tokenized training set with input_ids; "
+                        "this task's training set has none: leave train.group_by_length=false")
+    return [len(row) for row in dataset["input_ids"]]
+
+
 def fit(
     *,
     accelerator,
@@ -61,6 +71,7 @@ def fit(
     tracking=None,
     order: Callable[[int], Any] | None = None,
     per_epoch: int | None = None,
+    compile_backend: str | None = None,
 ) -> TrainResult:
     """Train ``model``; ``penalty()`` (e.g. EarlyBERT's L1 on its coefficients) is added to
     every micro-batch's loss (scaled for accumulation like it); logged losses are the task's.
@@ -72,7 +83,7 @@ def fit(
     n_steps = total_steps(train, per_epoch)
     core = StepCore(accelerator=accelerator, model=model, train_dataset=train_dataset, collate=collate, train=train,
                     plan=plan, seed=seed, run=run, evaluate=evaluate, hooks=hooks, penalty=penalty,
-                    num_workers=num_workers, tracking=tracking, per_epoch=per_epoch)
+                    num_workers=num_workers, tracking=tracking, per_epoch=per_epoch, compile_backend=compile_backend)
     # Our own schedule stepping: Accelerate's wrapper would step it once per process.
     scheduler = make_schedule(core.optimizer, train, n_steps)
     state = core.resume(resume_from, scheduler)
@@ -82,7 +93,12 @@ def fit(
         progress.line(f"{where}resumed from {resume_from} at step {state.step}/{n_steps}")
     preempted = core.start(state, progress)  # a stop signal already pending: stop before the first step
 
+    # train.group_by_length: batches of similar length, still a pure function of (seed, epoch)
+    lengths = example_lengths(train_dataset) if order is None and getattr(train, "group_by_length", False) else None
+
     def permutation(epoch: int):
+        if lengths is not None:
+            return length_grouped_order(lengths, plan.global_batch, seed, epoch)
         return epoch_order(len(train_dataset), seed, epoch)
 
     for _ in () if state.step >= n_steps or preempted else core.steps(state, order or permutation):
@@ -101,8 +117,10 @@ def fit(
                     f"lower train.lr, raise train.warmup_ratio, or use bf16 instead of fp16; "
                     f"checkpoints already written are kept"
                 )
+            scale = loss_scale(accelerator, core.model)  # fp16 only: the dynamic loss scale, for the record
             core.log({"event": "train", "step": state.step, "epoch": state.epoch + state.step_in_epoch / per_epoch,
-                      "loss": mean_loss, "lr": lr, "elapsed_s": round(state.elapsed_s, 3)},
+                      "loss": mean_loss, "lr": lr, "elapsed_s": round(state.elapsed_s, 3),
+                      **({"loss_scale": scale} if scale is not None else {})},
                      f"{where}step {state.step}/{n_steps}  loss {mean_loss:.4f}  lr {lr:.3g}  "
                      f"{core.pace(state, n_steps)}")
             progress.advance(state.step, f"loss {mean_loss:.4f}")

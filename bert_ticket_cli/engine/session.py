@@ -35,6 +35,8 @@ class Session:
     plan: BatchPlan
     #: The experiment trackers (engine/tracking.py; none unless tracking.log_with names some).
     tracking: Any = None
+    #: engine.compile / engine.compile_backend: torch.compile backend for training, None = eager.
+    compile_backend: Any = None
 
     # ---- processes ----
 
@@ -124,13 +126,15 @@ class Session:
         its log lines and bar."""
         from bert_ticket_cli.engine.loop import fit
 
-        return fit(accelerator=self.accelerator, plan=self.plan, label=label, tracking=self.tracking, **kwargs)
+        return fit(accelerator=self.accelerator, plan=self.plan, label=label, tracking=self.tracking,
+                   compile_backend=self.compile_backend, **kwargs)
 
     def fit_budget(self, **kwargs: Any) -> Any:
         """:func:`bert_ticket_cli.engine.budget.fit_budget` (the clock schedule)."""
         from bert_ticket_cli.engine.budget import fit_budget
 
-        return fit_budget(accelerator=self.accelerator, plan=self.plan, tracking=self.tracking, **kwargs)
+        return fit_budget(accelerator=self.accelerator, plan=self.plan, tracking=self.tracking,
+                          compile_backend=self.compile_backend, **kwargs)
 
     def evaluator(self, data: Any, batch_size: int, max_answer_length: int = 30) -> Callable[[Any], dict[str, float]]:
         from bert_ticket_cli.engine.evaluate import make_evaluator
@@ -199,4 +203,5 @@ def start_session(cfg: Any, *, deepspeed: bool = True, find_unused_parameters: b
     accelerator = make_accelerator(engine, cfg.train, plan, log_with=tracking.log_with,
                                    project_dir=str(tracking.top / "tracking") if tracking.log_with else None,
                                    find_unused_parameters=find_unused_parameters)
-    return Session(accelerator, plan, tracking)
+    return Session(accelerator, plan, tracking,
+                   compile_backend=engine.compile_backend if getattr(engine, "compile", False) else None)

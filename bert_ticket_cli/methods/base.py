@@ -47,6 +47,6 @@ class SearchMethod(Protocol):
     workflow: ClassVar[str]  # "earlybert"
 
     def start_search(self, model: torch.nn.Module, settings: Any, store: Any, *, start_step: int,
-                     main: bool) -> tuple[Any, Any]:
+                     main: bool, stop_after: int | None = None) -> tuple[Any, Any]:
         """Prepare ``model`` for the search; the step hook (with ``finish() -> ticket``) and the
-        loss penalty to train it with."""
+        loss penalty to train it with.  ``stop_after``: the hook stops training at that step."""

@@ -42,7 +42,8 @@ class EarlyBirdSearch:
     keeps every check (on disk too, for resume and the heatmap) and asks ``fit`` to stop at the
     early bird."""
 
-    def __init__(self, slimming: Any, eb: Any, store: Path, *, start_step: int, main: bool):
+    def __init__(self, slimming: Any, eb: Any, store: Path, *, start_step: int, main: bool,
+                 stop_after: int | None = None):
         from bert_ticket_cli.methods.earlybert import EarlyBird
 
         self.slimming, self.eb, self.store, self.main = slimming, eb, store, main
@@ -53,7 +54,12 @@ class EarlyBirdSearch:
         for step, heads, neurons in self.checks:  # replay: the detector's state at start_step
             if self.detector.push((heads, neurons)) and self.found_at is None:
                 self.found_at = step
-        self.stop_training = self.found_at is not None and eb.stop_at_early_bird
+        # stop_after: the search's last step (method.search_epochs), on the full schedule
+        self.stop_after = stop_after
+        self.stop_training = (self.found_at is not None and eb.stop_at_early_bird) or self._out_of_steps()
+
+    def _out_of_steps(self) -> bool:
+        return self.stop_after is not None and self.step >= self.stop_after
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         from bert_ticket_cli.methods.earlybert import draw_ticket
@@ -80,6 +86,8 @@ class EarlyBirdSearch:
         self.step += 1
         if self.step % self.eb.check_every == 0:
             self.check()
+        if self._out_of_steps():
+            self.stop_training = True
 
     def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The ticket of the search: the early bird, or (not found) a draw at the last step."""
@@ -95,13 +103,14 @@ class EarlyBert:
     workflow = "earlybert"
 
     def start_search(self, model: torch.nn.Module, eb: Any, store: Path, *, start_step: int,
-                     main: bool) -> tuple[EarlyBirdSearch, Any]:
+                     main: bool, stop_after: int | None = None) -> tuple[EarlyBirdSearch, Any]:
         """Slimming coefficients on ``model`` (``eb``: ``cfg.method``, method=earlybert); the search hook
         (checks stored in ``store``) and the L1 penalty on the coefficients."""
         from bert_ticket_cli.model.slimming import Slimming
 
         slim = Slimming(model, l1_heads=eb.l1_heads, l1_neurons=eb.l1_neurons)
-        return EarlyBirdSearch(slim, eb, store, start_step=start_step, main=main), slim.penalty
+        return (EarlyBirdSearch(slim, eb, store, start_step=start_step, main=main, stop_after=stop_after),
+                slim.penalty)
 
 
 METHOD = EarlyBert()

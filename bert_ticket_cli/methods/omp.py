@@ -1,14 +1,17 @@
 """OMP, one-shot magnitude pruning: every ticket (one per ``prune.sparsities``) is pruned by
 magnitude from the fine-tuned dense weights of level 0, and trained from the rewind point.
 With ``prune.target_sparsity`` only the sparsities up to the target are trained (the target
-included, added if the list lacks it); random pruning shares this choice."""
+included, added if the list lacks it); random pruning shares this choice.  With
+``prune.pattern=N:M`` there is one ticket, at sparsity 1 - N/M: each group of M input weights
+keeps its N largest (random pruning: N random ones)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from bert_ticket_cli.methods.imp import magnitude_masks
+from bert_ticket_cli.methods.imp import magnitude_masks, pattern_of, pattern_targets
+from bert_ticket_cli.sparsity.nm import nm_magnitude_masks
 
 
 def chosen_sparsities(sparsities: Any, target: float | None) -> list[float]:
@@ -35,7 +38,8 @@ class OneShot:
     workflow = "lottery"
 
     def targets(self, cfg: Any, total: int) -> list[int]:
-        return sparsity_targets(cfg, total)
+        nm = pattern_of(cfg)
+        return pattern_targets(nm, total) if nm is not None else sparsity_targets(cfg, total)
 
     def next_tickets(self, level: int, *, trained, current, targets, shapes, total, cfg) -> Iterator[tuple[int, Any]]:
         if level != 0:
@@ -51,6 +55,9 @@ class Omp(OneShot):
     name = "omp"
 
     def masks(self, level: int, n_removed: int, *, trained, current, shapes, total, cfg) -> Any:
+        nm = pattern_of(cfg)
+        if nm is not None:
+            return nm_magnitude_masks(trained, current, nm)
         return magnitude_masks(trained, current, n_removed, total, cfg.prune.scope)
 
 

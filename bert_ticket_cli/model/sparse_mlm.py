@@ -121,14 +121,33 @@ class SparseBertForMaskedLM(BertForMaskedLM):
                                   position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
             return out.to_tuple() if return_dict is False else out
 
-        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
-        sequence_output = outputs[0]  # [B, L, H]
-        batch, seq_len, hidden = sequence_output.shape
-        if labels is not None and labels.shape != (batch, seq_len):
-            raise ValueError(f"labels {tuple(labels.shape)} must be [batch, seq_len] = {(batch, seq_len)}")
-        index, targets = _flat_indices(mlm_positions, labels if labels is not None else mlm_labels, seq_len)
-        selected = sequence_output.reshape(batch * seq_len, hidden).index_select(0, index)  # [M, H]
+        if mlm_positions is not None and not kwargs and self._last_layer_sparse_ok():
+            # The last layer only at the predicted slots (see _last_layer_at): [B*P, H] -> [M, H].
+            hidden_in, mask = self._encode_but_last(input_ids, attention_mask, token_type_ids, position_ids,
+                                                    inputs_embeds)
+            batch, seq_len, hidden = hidden_in.shape
+            if mlm_positions.dim() != 2 or (mlm_labels is not None and mlm_positions.shape != mlm_labels.shape):
+                raise ValueError(f"mlm_positions {tuple(mlm_positions.shape)} and mlm_labels "
+                                 f"{None if mlm_labels is None else tuple(mlm_labels.shape)} must both be "
+                                 f"[batch, predictions]")
+            at = self._last_layer_at(hidden_in, mask, mlm_positions)  # [B, P, H]
+            flat = at.reshape(-1, hidden)
+            targets = None
+            if mlm_labels is not None:
+                slot_labels = mlm_labels.reshape(-1)
+                keep = slot_labels.ne(IGNORE_INDEX).nonzero().squeeze(1)
+                flat, targets = flat.index_select(0, keep), slot_labels.index_select(0, keep).long()
+            selected = flat
+            outputs = MaskedLMOutput()  # no hidden states / attentions were asked for
+        else:
+            outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
+            sequence_output = outputs[0]  # [B, L, H]
+            batch, seq_len, hidden = sequence_output.shape
+            if labels is not None and labels.shape != (batch, seq_len):
+                raise ValueError(f"labels {tuple(labels.shape)} must be [batch, seq_len] = {(batch, seq_len)}")
+            index, targets = _flat_indices(mlm_positions, labels if labels is not None else mlm_labels, seq_len)
+            selected = sequence_output.reshape(batch * seq_len, hidden).index_select(0, index)  # [M, H]
         logits = self.cls(selected)  # [M, V]
         loss = None
         if targets is not None:
@@ -139,6 +158,61 @@ class SparseBertForMaskedLM(BertForMaskedLM):
         out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                              attentions=outputs.attentions)
         return out.to_tuple() if return_dict is False else out
+
+    # ---- the last encoder layer at the predicted positions only ----
+    #
+    # Only the predicted tokens' final hidden states reach the loss.  In the last layer every
+    # position still serves as a key and a value (the attention of a predicted token reads the
+    # whole row), but its query, the attention output projection, both LayerNorms and the FFN
+    # are needed at the P predicted slots only: P / L of that layer's work (20 / 128).  The
+    # arithmetic per slot is the dense layer's, through the same modules (their hooks still
+    # run: EarlyBERT's slimming coefficients, super tickets' gates) and the same attention
+    # kernel, so the loss is the dense head's loss to float rounding.
+
+    def _last_layer_sparse_ok(self) -> bool:
+        config, bert = self.config, self.bert
+        sa = bert.encoder.layer[-1].attention.self if len(bert.encoder.layer) else None
+        return (sa is not None and not config.is_decoder and not getattr(config, "add_cross_attention", False)
+                and config._attn_implementation in ("eager", "sdpa") and hasattr(bert, "_create_attention_masks")
+                and sa.query.out_features > 0 and not getattr(bert, "gradient_checkpointing", False))
+
+    def _encode_but_last(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
+        """Embeddings and every encoder layer but the last, as ``BertModel.forward`` runs them:
+        ``(hidden states [B, L, H] entering the last layer, the attention mask it builds)``."""
+        bert = self.bert
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        emb = bert.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
+                              inputs_embeds=inputs_embeds)
+        mask, _ = bert._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
+                                               embedding_output=emb, encoder_hidden_states=None, cache=None)
+        hidden = emb
+        for layer in bert.encoder.layer[:-1]:
+            hidden = layer(hidden, mask)
+        return hidden, mask
+
+    def _last_layer_at(self, hidden: torch.Tensor, mask, positions: torch.Tensor) -> torch.Tensor:
+        """The last encoder layer's output at ``positions`` [B, P] only: [B, P, H]."""
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        from transformers.models.bert.modeling_bert import eager_attention_forward
+
+        layer = self.bert.encoder.layer[-1]
+        sa = layer.attention.self
+        batch, seq_len, hidden_size = hidden.shape
+        n_slots = positions.shape[1]
+        head = sa.attention_head_size
+        idx = positions.long()
+        at = torch.gather(hidden, 1, idx.unsqueeze(-1).expand(batch, n_slots, hidden_size))  # [B, P, H]
+        q = sa.query(at).view(batch, n_slots, -1, head).transpose(1, 2)
+        k = sa.key(hidden).view(batch, seq_len, -1, head).transpose(1, 2)
+        v = sa.value(hidden).view(batch, seq_len, -1, head).transpose(1, 2)
+        if mask is not None and mask.dim() == 4 and mask.shape[-2] != 1:  # per-query rows: keep the slots' rows
+            mask = mask.expand(batch, mask.shape[1], seq_len, mask.shape[-1])
+            mask = torch.gather(mask, 2, idx[:, None, :, None].expand(batch, mask.shape[1], n_slots, mask.shape[-1]))
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        context, _ = attend(sa, q, k, v, mask, dropout=sa.dropout.p if sa.training else 0.0, scaling=sa.scaling)
+        attention_out = layer.attention.output(context.reshape(batch, n_slots, -1), at)
+        return layer.output(layer.intermediate(attention_out), attention_out)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, is_main_process: bool = True,
                         **kwargs: Any) -> Any:

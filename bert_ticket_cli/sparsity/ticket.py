@@ -239,6 +239,7 @@ class Ticket:
             "source_task": meta.get("source_task"),
             "seed": meta.get("seed"),
             "rewind_point": meta.get("rewind_point"),
+            "pattern": meta.get("pattern"),
             "created": meta.get("created"),
             "checksum": {"sha256": checksum, "file": TENSORS_FILE},
         }
@@ -296,11 +297,34 @@ class Ticket:
         ordered = {n: masks.pop(n) for n in order if n in masks}
         ordered.update(sorted(masks.items()))
         try:
-            return cls(ordered, tensors.get(HEADS_KEY), tensors.get(NEURONS_KEY), meta,
-                       ffn_layers=tensors.get(FFN_LAYERS_KEY))
+            ticket = cls(ordered, tensors.get(HEADS_KEY), tensors.get(NEURONS_KEY), meta,
+                         ffn_layers=tensors.get(FFN_LAYERS_KEY))
         except ValueError as exc:
             raise UserError(f"{tensors_path} is not a consistent ticket ({exc}): re-create it with "
                             f"bert-ticket prune") from None
+        if record.get("pattern", meta.get("pattern")) != meta.get("pattern"):
+            raise UserError(f"{json_path} says pattern {record.get('pattern')!r} but the ticket's tensors say "
+                            f"{meta.get('pattern')!r}: re-create the ticket with bert-ticket prune")
+        ticket.check_pattern(str(directory))
+        return ticket
+
+    @property
+    def pattern(self) -> tuple[int, int] | None:
+        """The N:M pattern the ticket claims (``meta["pattern"]``, e.g. ``"2:4"``), or None."""
+        from bert_ticket_cli.sparsity.nm import parse_pattern
+
+        return parse_pattern(self.meta.get("pattern"))
+
+    def check_pattern(self, where: str = "the ticket") -> None:
+        """A ticket that claims an N:M pattern keeps exactly N of every M input weights of every
+        mask; else a :class:`UserError` (a 2:4 kernel would silently compute something else)."""
+        from bert_ticket_cli.sparsity.nm import check_nm
+
+        nm = self.pattern
+        if nm is not None:
+            if not self.masks:
+                raise UserError(f"{where} claims the {nm[0]}:{nm[1]} pattern but has no weight masks")
+            check_nm(self.masks, nm, where)
 
     # ------------------------------------------------------------------------ models
 
@@ -309,7 +333,9 @@ class Ticket:
 
     def check_fits(self, model: nn.Module) -> None:
         """Every mask names a parameter of ``model``'s base model with the same shape (the pooler
-        may be absent), and heads / neurons match its config; else a :class:`UserError`."""
+        may be absent), and heads / neurons match its config; else a :class:`UserError`.  A ticket
+        that claims an N:M pattern must keep it (:meth:`check_pattern`)."""
+        self.check_pattern(self._describe())
         base = base_model(model)
         params = dict(base.named_parameters())
         prefix = getattr(model, "base_model_prefix", "") or ""

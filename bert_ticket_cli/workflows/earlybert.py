@@ -86,11 +86,20 @@ def find_ticket(run: Run, method: Any) -> int:
             search_cfg = copy.deepcopy(cfg)
             if eb.search_steps is not None:
                 search_cfg.train.max_steps = eb.search_steps
+            # method.search_epochs ends the search early on the full budget's schedule (the
+            # reference code's ticket: the coefficients at 0.2 of the first epoch)
+            stop_after = None
+            if eb.search_epochs is not None:
+                from bert_ticket_cli.engine.batches import steps_per_epoch
+
+                per_epoch = steps_per_epoch(len(data.train), session.plan.global_batch)
+                stop_after = max(1, round(eb.search_epochs * per_epoch))
             holder: dict[str, Any] = {}
 
             def prepare(model):
                 holder["search"], penalty = method.start_search(model, eb, srd.checks,
-                                                                start_step=checkpoint_step(resume), main=main)
+                                                                start_step=checkpoint_step(resume), main=main,
+                                                                stop_after=stop_after)
                 return [holder["search"]], penalty
 
             trained = train_and_evaluate(search_cfg, session, data, tokenizer, srd, TrainSpec(
@@ -102,10 +111,16 @@ def find_ticket(run: Run, method: Any) -> int:
             extra.update(early_bird_step=search.found_at, checks=len(search.checks))
         else:
             structure = None
+            stage_cfg = cfg
             if stage == "compact":
                 ticket = Ticket.load(rd.earlybird_ticket)
                 structure = (ticket.heads, ticket.neurons)
-            trained = train_and_evaluate(cfg, session, data, tokenizer, srd, TrainSpec(
+                if eb.compact_epochs is not None or eb.compact_lr is not None:
+                    # the reference code retrains the ticket shorter (2 of 3 epochs) at a higher lr
+                    stage_cfg = copy.deepcopy(cfg)
+                    stage_cfg.train.epochs = eb.compact_epochs if eb.compact_epochs is not None else cfg.train.epochs
+                    stage_cfg.train.lr = eb.compact_lr if eb.compact_lr is not None else cfg.train.lr
+            trained = train_and_evaluate(stage_cfg, session, data, tokenizer, srd, TrainSpec(
                 init_state=init, resume_from=resume, structure=structure,
                 save_model_to=srd.model if stage == "compact" else None, label=f"stage {stage}"))
             extra.update(params=trained.n_params)
@@ -185,6 +200,7 @@ def write_run_summary(cfg: RunConfig, rd: RunDir, records: dict[str, dict[str, A
         "compact_time_s": compact["train_time_s"], "compact_steps": compact["steps"],
         "compact_params": compact["params"], "dense_params": dense_params,
         "dense_time_s": dense["train_time_s"] if dense else None,
+        "dense_steps": dense["steps"] if dense else None,
         "dense_main_value": dense["main_value"] if dense else None,
         "dense_metrics": dense["metrics"] if dense else None,
         "time_saving": saving,
@@ -220,7 +236,8 @@ def print_stages(summary: dict[str, Any]) -> None:
     t.add_row("compact (EarlyBERT)", str(summary["compact_steps"]), fmt(summary["compact_time_s"], ".1f"),
               fmt(summary["main_value"], ".4f"), f"{summary['compact_params']:,}")
     if summary.get("dense_time_s") is not None:
-        t.add_row("dense baseline", str(summary["compact_steps"]), fmt(summary["dense_time_s"], ".1f"),
+        dense_steps = summary.get("dense_steps") or summary["compact_steps"]
+        t.add_row("dense baseline", str(dense_steps), fmt(summary["dense_time_s"], ".1f"),
                   fmt(summary["dense_main_value"], ".4f"), f"{summary['dense_params']:,}")
     (Console() if sys.stdout.isatty() else Console(width=160)).print(t)
     if summary.get("time_saving") is not None:

@@ -84,9 +84,30 @@ def run(cfg: RunConfig) -> int:
         note_data(task_data_fingerprint(data))
         model = build_model(model_cfg, kind=info.kind, num_labels=info.num_labels, source=source)
         model = session.prepare(model)
+        semi = None
+        if cfg.eval.semi_structured:
+            from bert_ticket_cli.model.semi_structured import support
+
+            why = support(next(session.unwrap_model(model).parameters()).device)
+            if why:
+                raise UserError(f"eval.semi_structured=true: {why}; evaluate the masked dense model "
+                                f"(eval.semi_structured=false)")
+            if cfg.engine.mixed_precision not in ("bf16", "fp16"):
+                raise UserError("eval.semi_structured=true needs engine.mixed_precision=bf16 (or fp16): the 2:4 "
+                                "kernels take half-precision weights")
         commit_run(OpenedRun(rd), cfg, is_main=main)
 
-        metrics = session.evaluator(data, cfg.eval.batch_size, cfg.task.max_answer_length)(model)
+        evaluate = session.evaluator(data, cfg.eval.batch_size, cfg.task.max_answer_length)
+        if cfg.eval.semi_structured:
+            from bert_ticket_cli.model.semi_structured import to_semi_structured
+
+            dense_metrics = evaluate(model)  # the masked dense model: the reference
+            layers = to_semi_structured(session.unwrap_model(model), cfg.engine.mixed_precision)
+            semi = {"layers": len(layers), "dense_metrics": dense_metrics}
+            if main:
+                print(f"2:4 semi-structured kernels in {len(layers)} linear layers; masked dense model: "
+                      f"{dense_metrics}", flush=True)
+        metrics = evaluate(model)
 
         written = []
         if cfg.eval.predict_test and data.tests:
@@ -109,6 +130,7 @@ def run(cfg: RunConfig) -> int:
                 exported = str(export_padded(source, rd.root / "export", overwrite=True))
             write_summary(rd, cfg, metrics=metrics, main_metric=key, started=started,
                           extra={"checkpoint": str(source), "predictions": written, "export": exported,
+                                 **({"semi_structured": semi} if semi else {}),
                                  **evaluated_model(cfg, str(source))})
             print_metrics_table(f"{info.name} ({rd.root.name})", metrics)
             for w in written:
@@ -129,6 +151,7 @@ def evaluate_multitask(cfg: RunConfig, source: str) -> int:
     ``task.data_dir`` / ``task.max_eval_samples`` given here replace the recorded ones."""
     import statistics
 
+    from bert_ticket_cli.artifacts.paths import append_jsonl
     from bert_ticket_cli.engine.session import start_session
     from bert_ticket_cli.model.build import load_tokenizer
     from bert_ticket_cli.model.multitask import ENCODER_DIR, load_multitask

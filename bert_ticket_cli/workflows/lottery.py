@@ -44,6 +44,7 @@ def run(cfg: RunConfig, method: Any) -> int:
 def find_tickets(run: Run, method: Any) -> int:
     from bert_ticket_cli.engine.batches import steps_per_epoch
     from bert_ticket_cli.engine.loop import checkpoint_step, total_steps
+    from bert_ticket_cli.sparsity.nm import check_shapes, parse_pattern, pattern_name
     from bert_ticket_cli.sparsity.prunable import model_id, prunable_parameters, total_parameters
     from bert_ticket_cli.sparsity.ticket import Ticket
 
@@ -60,6 +61,9 @@ def find_tickets(run: Run, method: Any) -> int:
     total = sum(w.numel() for w in weights0.values())
     n_model = total_parameters(theta0)
     shapes = {n: tuple(w.shape) for n, w in weights0.items()}
+    nm = parse_pattern(cfg.prune.pattern)
+    if nm is not None:
+        check_shapes(shapes, nm)  # every matrix's input dimension a multiple of M, before anything is written
     run.commit()
     if rewind_at == 0 and main and not rd.rewind_weights.exists():
         save_weights(model_state(theta0), rd.rewind_weights)
@@ -67,10 +71,14 @@ def find_tickets(run: Run, method: Any) -> int:
 
     # ---- the tickets to train, level by level ----
     targets = method.targets(cfg, total)
+    if nm is not None and main:
+        print(f"prune.pattern={pattern_name(nm)}: one ticket keeping {nm[0]} of every {nm[1]} input weights "
+              f"(sparsity {targets[-1] / total:.4f}); prune.sparsities and prune.rate do not apply", flush=True)
     meta = {"method": cfg.method.name, "model": cfg.model.name_or_path or cfg.model.name, "model_id": model_id(theta0),
             "source_task": cfg.task.name, "seed": cfg.seed, "rewind_point": cfg.prune.rewind,
             "rewind_steps": rewind_at, "rewind_weights": REWIND_FROM_TICKET,
-            "scope": cfg.prune.scope, "total_model_params": n_model, "include_pooler": cfg.prune.include_pooler,
+            "scope": cfg.prune.scope, "pattern": pattern_name(nm),
+            "total_model_params": n_model, "include_pooler": cfg.prune.include_pooler,
             "source_model": source_model(cfg), "prune": prune_settings(cfg), "train": asdict(cfg.train)}
     prev_head: dict[str, torch.Tensor] | None = None
 
@@ -154,7 +162,7 @@ def prune_settings(cfg: RunConfig) -> dict[str, Any]:
     p = cfg.prune
     return {"rate": p.rate, "schedule": p.schedule, "scope": p.scope, "patterns": list(p.patterns or []),
             "include_pooler": p.include_pooler, "reset_head": p.reset_head, "rewind": p.rewind,
-            "target_sparsity": p.target_sparsity}
+            "target_sparsity": p.target_sparsity, "pattern": p.pattern}
 
 
 #: A matrix losing at least this fraction of its weights is reported (it is all but removed).

@@ -137,3 +137,25 @@ def test_resume_in_either_stage_gives_the_same_result(tmp_path):
         assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), name
         assert got[2] == ref[2] and got[3] == ref[3], name
         assert all(torch.equal(got[4][k], ref[4][k]) for k in ref[4]), name
+
+
+def test_reference_protocol_search_fraction_and_shorter_compact_stage(tmp_path):
+    """The reference code's protocol: the ticket from the coefficients at 0.2 of the first epoch
+    (method.search_epochs, on the full schedule), the compact model retrained for fewer epochs at
+    a higher learning rate (method.compact_epochs / compact_lr); the dense baseline keeps train.*."""
+    out = tmp_path / "runs"
+    r = cli("prune", "method=earlybert", "method.check_every=100", *BASE, "train.epochs=3", "run_name=ref",
+            "method.search_epochs=0.2", "method.compact_epochs=2", "method.compact_lr=2e-3", f"output_dir={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((out / "prune" / "ref" / "summary.json").read_text())
+    # 640 rows / batch 32 = 20 steps per epoch: the search stops at step 4, compact 40 steps, dense 60
+    assert s["search_steps"] == 4 and s["compact_steps"] == 40 and s["dense_steps"] == 60
+    assert not s["early_bird_found"]  # no check before step 4: the ticket is drawn there
+    assert Ticket.load(out / "prune" / "ref" / "tickets" / "earlybird").meta["search_steps"] == 4
+    compact = [json.loads(x) for x in (out / "prune" / "ref" / "stages" / "compact" / "metrics.jsonl").read_text()
+               .splitlines()]
+    assert max(e["lr"] for e in compact if e.get("event") == "train") <= 2e-3
+    r = cli("pretrain", "method=earlybert", "method.compact_epochs=2", f"output_dir={out}")
+    assert r.returncode == 2 and "method.compact_epochs is for prune" in r.stderr
+    r = cli("prune", "method=earlybert", *BASE, "train.max_steps=10", "method.compact_epochs=2", f"output_dir={out}")
+    assert r.returncode == 2 and "drop train.max_steps" in r.stderr

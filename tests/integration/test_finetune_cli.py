@@ -134,3 +134,45 @@ def test_bf16_autocast_on_cpu(tmp_path):
 
     with safe_open(str(out / "rewind" / "bf16" / "model" / "model.safetensors"), "pt") as f:
         assert all(str(f.get_slice(k).get_dtype()) in ("F32", "torch.float32") for k in f.keys())
+
+
+def test_group_by_length_changes_the_batches_and_resumes_exactly(tmp_path):
+    """train.group_by_length=true: another order (batches of similar length), still learned, and a
+    run pre-empted mid-epoch resumes on the same trajectory."""
+    out = tmp_path / "runs"
+    args = SHORT + [f"output_dir={out}", "train.save_every=11", "train.group_by_length=true"]
+    assert cli("rewind", *args, "run_name=straight").returncode == 0
+    r = cli("rewind", *args, "run_name=cut", env={"BERT_TICKET_FAULT_AT_STEP": "27:TERM"}, process=True)
+    assert r.returncode == 75, r.stderr[-2000:]
+    r = cli("rewind", *args, "run_name=cut", "resume=true")
+    assert r.returncode == 0 and "at step 27/60" in r.stdout, r.stderr[-2000:]
+    a, b = train_losses(out / "rewind" / "straight"), train_losses(out / "rewind" / "cut")
+    assert sorted(a) == sorted(b) == list(range(1, 61)) and all(a[s] == b[s] for s in a)
+    assert cli("rewind", *SHORT, f"output_dir={out}", "train.save_every=11", "run_name=plain").returncode == 0
+    assert train_losses(out / "rewind" / "plain") != a  # the grouping changed the batches
+
+
+def test_compiled_model_saves_and_reloads_with_plain_names(tmp_path):
+    """engine.compile=true trains through torch.compile (aot_eager here: the same graph capture
+    without C++ code generation), and what it saves has the plain parameter names."""
+    from safetensors import safe_open
+
+    out = tmp_path / "runs"
+    r = cli("rewind", "experiment=demo", "task.synthetic.n_train=320", "train.epochs=1", "train.save_every=5",
+            "train.keep_checkpoints=1", "engine.compile=true", "engine.compile_backend=aot_eager",
+            f"output_dir={out}", "run_name=c")
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = out / "rewind" / "c"
+    files = [run / "model" / "model.safetensors", *run.glob("checkpoints/*/*.safetensors")]
+    assert len(files) >= 2
+    for f in files:
+        with safe_open(str(f), "pt") as fh:
+            keys = list(fh.keys())
+        assert keys and not [k for k in keys if "_orig_mod" in k], f
+    r = cli("eval", "task=synthetic", "task.synthetic.n_train=320", f"eval.checkpoint={run / 'model'}",
+            f"output_dir={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "eval" / "synthetic-c" / "summary.json").read_text())["metrics"]["accuracy"] == \
+        pytest.approx(json.loads((run / "summary.json").read_text())["metrics"]["accuracy"], abs=1e-9)
+    r = cli("rewind", "experiment=demo", "engine.compile=true", "engine.compile_backend=nope", f"output_dir={out}")
+    assert r.returncode == 2 and "engine.compile_backend" in r.stderr

@@ -178,3 +178,28 @@ def test_custom_prunable_set(tmp_path):
     (t,) = _tickets(tmp_path / "prune" / "attn", 1)
     assert len(t.masks) == 6 and all(".attention.self." in n for n in t.masks)
     assert t.total() - t.kept() == round(0.5 * 6 * 64 * 64)
+
+
+def test_two_four_tickets_keep_two_of_every_four(tmp_path):
+    """prune.pattern=2:4: one ticket per run at sparsity 0.5, exact in every group of 4 input
+    weights, recorded in ticket.json; a rewind trains it with the pruned weights at zero."""
+    from bert_ticket_cli.sparsity.nm import nm_violations
+
+    out = tmp_path / "runs"
+    r = cli("prune", "method=omp", *BASE, "run_name=nm", "prune.pattern=2:4", f"output_dir={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "prune.pattern=2:4: one ticket" in r.stdout
+    tickets = sorted((out / "prune" / "nm" / "tickets").iterdir())
+    assert [t.name for t in tickets] == ["level-01"]
+    t = Ticket.load(tickets[0])
+    assert t.pattern == (2, 4) and nm_violations(t.masks, (2, 4)) == {} and t.kept() * 2 == PRUNABLE
+    assert json.loads((tickets[0] / "ticket.json").read_text())["pattern"] == "2:4"
+    # the ticket trains (its pattern checked on use); the 2:4 kernels refuse the CPU before writing
+    r = cli("rewind", *BASE, f"ticket={tickets[0]}", "train.max_steps=2", "run_name=nm-rw", f"output_dir={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = out / "rewind" / "nm-rw" / "model"
+    r = cli("eval", "task=synthetic", "task.synthetic.n_train=640", f"eval.checkpoint={model}", "run_name=nm-ev",
+            "eval.semi_structured=true", "engine.mixed_precision=bf16", f"output_dir={out}")
+    assert r.returncode == 2 and "compute capability >= 8.0" in r.stderr and not (out / "eval" / "nm-ev").exists()
+    r = cli("prune", "method=imp", *BASE, "run_name=nm-imp", "prune.pattern=2:4", f"output_dir={out}")
+    assert r.returncode == 2 and "add prune.levels=1" in r.stderr and not (out / "prune" / "nm-imp").exists()

@@ -20,9 +20,10 @@ from bert_ticket_cli.errors import UserError
 from tests.unit.test_enforce import fresh_accelerate_state, restore_signals, tiny_model  # noqa: F401 (fixtures)
 
 
-def _step_sets(world: int, micro: int, n=100, B=16, steps=6, start=0):
+def _step_sets(world: int, micro: int, n=100, B=16, steps=6, start=0, order=None):
     """Examples seen in each optimizer step, over all ranks."""
-    per_rank = [list(StepBatches(epoch_order(n, 1, 2), global_batch=B, micro_batch=micro, world_size=world, rank=r,
+    order = epoch_order(n, 1, 2) if order is None else order
+    per_rank = [list(StepBatches(order, global_batch=B, micro_batch=micro, world_size=world, rank=r,
                                   steps=steps, start_step=start)) for r in range(world)]
     accum = B // (micro * world)
     out = []
@@ -44,6 +45,34 @@ def test_each_step_sees_the_same_examples_whatever_the_process_count():
 
 def test_resuming_mid_epoch_continues_the_same_order():
     assert _step_sets(2, 4, start=3) == _step_sets(2, 4)[3:]
+
+
+LENGTHS = np.random.default_rng(5).integers(4, 120, size=1000)
+
+
+def test_length_grouped_order_is_a_pure_permutation_with_similar_lengths_per_batch():
+    from bert_ticket_cli.engine.batches import length_grouped_order
+
+    order = length_grouped_order(LENGTHS, 16, seed=1, epoch=2, mega=10)
+    assert sorted(order.tolist()) == list(range(1000))  # every row once: a permutation
+    assert np.array_equal(order, length_grouped_order(LENGTHS, 16, seed=1, epoch=2, mega=10))  # pure
+    assert not np.array_equal(order, length_grouped_order(LENGTHS, 16, seed=1, epoch=3, mega=10))
+    batches = LENGTHS[order[:62 * 16]].reshape(62, 16)
+    plain = LENGTHS[epoch_order(1000, 1, 2)[:62 * 16]].reshape(62, 16)
+    # the padding a batch needs: longest minus mean; grouped batches need a fraction of it
+    waste = (batches.max(1) - batches.mean(1)).mean()
+    assert waste < 0.2 * (plain.max(1) - plain.mean(1)).mean()
+    firsts = batches.max(1)
+    assert not np.all(np.diff(firsts) <= 0)  # the batches are shuffled, not sorted longest first
+
+
+def test_length_grouped_steps_are_the_same_for_every_process_count_and_resume():
+    from bert_ticket_cli.engine.batches import length_grouped_order
+
+    order = length_grouped_order(LENGTHS[:100], 16, seed=1, epoch=2)
+    ref = _step_sets(1, 16, order=order)
+    assert _step_sets(2, 8, order=order) == ref == _step_sets(4, 2, order=order) == _step_sets(1, 4, order=order)
+    assert _step_sets(2, 4, start=3, order=order) == _step_sets(2, 4, order=order)[3:]
 
 
 def test_epochs_are_different_permutations():

@@ -278,3 +278,22 @@ def test_int32_labels_and_positions_are_accepted():
                      mlm_labels=batch["mlm_labels"].int()).loss
     assert got.item() == want.item()
     assert sparse_targets(batch["mlm_labels"].int()).dtype == torch.long
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_last_layer_runs_only_at_the_predicted_slots_with_the_same_loss(attn):
+    """With mlm_positions the last layer's FFN sees B x P rows (not B x L), and the loss is the
+    dense model's to 1e-6, in train mode too when dropout is 0."""
+    dense = BertForMaskedLM(BertConfig(**CFG, attn_implementation=attn))
+    sparse = SparseBertForMaskedLM(BertConfig(**CFG, attn_implementation=attn))
+    sparse.load_state_dict(dense.state_dict())
+    rows = []
+    sparse.bert.encoder.layer[-1].intermediate.register_forward_hook(lambda m, a, out: rows.append(out.shape[:-1]))
+    batch = _batch()
+    for mode in ("eval", "train"):
+        getattr(dense, mode)(), getattr(sparse, mode)()
+        rows.clear()
+        ref = dense(**_inputs(batch), labels=_dense_labels(batch)).loss
+        out = sparse(**_sparse_kwargs(batch, "positions")).loss
+        assert rows == [torch.Size([4, P])]
+        assert abs(out.item() - ref.item()) < 1e-6
