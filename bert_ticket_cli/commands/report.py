@@ -200,15 +200,7 @@ def _earlybert(cfg: ReportConfig, root: Path, rows: list[dict], all_rows: list[d
     from bert_ticket_cli.artifacts import earlybert_view
 
     flat = earlybert_view.build(rows, all_rows)
-    if cfg.format == "json":
-        json.dump(flat, sys.stdout, indent=2, default=str)
-        print()
-    elif cfg.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(earlybert_view.FIELDS)
-        for r in flat:
-            writer.writerow([r[k] for k in earlybert_view.FIELDS])
-    else:
+    if not _machine_readable(cfg, flat, earlybert_view.FIELDS):
         from rich.console import Console
         from rich.table import Table
 
@@ -250,15 +242,7 @@ def _pretrain(cfg: ReportConfig, root: Path, rows: list[dict]) -> int:
     from bert_ticket_cli.artifacts import pretrain_view
 
     flat = pretrain_view.build(rows)
-    if cfg.format == "json":
-        json.dump(flat, sys.stdout, indent=2, default=str)
-        print()
-    elif cfg.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(pretrain_view.FIELDS)
-        for r in flat:
-            writer.writerow([r[k] for k in pretrain_view.FIELDS])
-    else:
+    if not _machine_readable(cfg, flat, pretrain_view.FIELDS):
         from rich.console import Console
         from rich.table import Table
 
@@ -298,15 +282,7 @@ def _super_tickets(cfg: ReportConfig, root: Path, rows: list[dict], index: Path)
         raise UserError(f"report: no super-tickets run has metric {cfg.metric!r}"
                         + (f" (they have: {', '.join(have)})" if have else "") + ": pick metric=NAME or drop it")
     flat = [row for e in exps for row in stv.table_rows(e)]
-    if cfg.format == "json":
-        json.dump(flat, sys.stdout, indent=2, default=str)
-        print()
-    elif cfg.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(stv.FIELDS)
-        for r in flat:
-            writer.writerow([r[k] for k in stv.FIELDS])
-    else:
+    if not _machine_readable(cfg, flat, stv.FIELDS):
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
@@ -350,16 +326,8 @@ def _multitask(cfg: ReportConfig, root: Path, rows: list[dict]) -> int:
 
     experiments = mv.build(rows)
     flat = [r for e in experiments for r in mv.table_rows(e)]
-    if cfg.format == "json":
-        json.dump(flat, sys.stdout, indent=2, default=str)
-        print()
-        return 0
-    if cfg.format == "csv":
-        fields = sorted({k for r in flat for k in r}, key=lambda k: (k not in ("experiment", "arm", "seeds"), k))
-        writer = csv.writer(sys.stdout)
-        writer.writerow(fields)
-        for r in flat:
-            writer.writerow([r.get(k) for k in fields])
+    fields = sorted({k for r in flat for k in r}, key=lambda k: (k not in ("experiment", "arm", "seeds"), k))
+    if _machine_readable(cfg, flat, fields):
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -379,3 +347,19 @@ def _multitask(cfg: ReportConfig, root: Path, rows: list[dict]) -> int:
                       mv.cell(r["average"], r["average_std"]), f"{100 * r['kept_mean']:.1f}%")
         console.print(t)
     return 0
+
+
+def _machine_readable(cfg: ReportConfig, flat: list[dict], fields: list[str]) -> bool:
+    """``format=json|csv``: print a view's rows (``fields`` the CSV columns) and return True;
+    ``format=table``: False (the view prints its own tables)."""
+    if cfg.format == "json":
+        json.dump(flat, sys.stdout, indent=2, default=str)
+        print()
+        return True
+    if cfg.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(fields)
+        for r in flat:
+            writer.writerow([r.get(k) for k in fields])
+        return True
+    return False

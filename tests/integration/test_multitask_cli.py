@@ -207,3 +207,16 @@ def test_report_view_multitask_compares_the_arms(setup):
     assert rows["tickets-share"]["kept_mean"] < rows["dense"]["kept_mean"] == 1.0
     table = cli("report", "view=multitask", f"output_dir={root / 'runs'}")
     assert table.returncode == 0 and "tickets-share" in table.stdout and "encoder used" in table.stdout
+
+
+def test_report_view_multitask_as_csv(setup):
+    import csv
+    import io
+
+    root, _, _, _ = setup
+    r = cli("report", "view=multitask", "format=csv", f"output_dir={root / 'runs'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [row["arm"] for row in rows] == ["dense", "tickets-share"]
+    assert list(rows[0])[:3] == ["arm", "experiment", "seeds"]
+    assert float(rows[1]["average"]) == pytest.approx(_summary(root, "share")["main_value"])
