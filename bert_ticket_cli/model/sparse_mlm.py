@@ -174,7 +174,8 @@ class SparseBertForMaskedLM(BertForMaskedLM):
         sa = bert.encoder.layer[-1].attention.self if len(bert.encoder.layer) else None
         return (sa is not None and not config.is_decoder and not getattr(config, "add_cross_attention", False)
                 and config._attn_implementation in ("eager", "sdpa") and hasattr(bert, "_create_attention_masks")
-                and sa.query.out_features > 0 and not getattr(bert, "gradient_checkpointing", False))
+                and getattr(getattr(sa, "query", None), "out_features", 0) > 0  # a compacted layer may keep no head
+                and not getattr(bert, "gradient_checkpointing", False))
 
     def _encode_but_last(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
         """Embeddings and every encoder layer but the last, as ``BertModel.forward`` runs them:
