@@ -297,3 +297,27 @@ def test_last_layer_runs_only_at_the_predicted_slots_with_the_same_loss(attn):
         out = sparse(**_sparse_kwargs(batch, "positions")).loss
         assert rows == [torch.Size([4, P])]
         assert abs(out.item() - ref.item()) < 1e-6
+
+
+def test_a_compacted_last_layer_without_heads_uses_the_dense_path():
+    """The sparse last layer slices the query projection; a compacted last layer that keeps no
+    head has none, and the model then computes the dense head's loss."""
+    import torch
+    from transformers import BertConfig
+
+    from bert_ticket_cli.model.compact import compact_
+    from bert_ticket_cli.model.sparse_mlm import SparseBertForMaskedLM
+
+    torch.manual_seed(0)
+    model = SparseBertForMaskedLM(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=16)).eval()
+    heads = torch.ones(2, 4, dtype=torch.bool)
+    heads[1] = False
+    compact_(model, heads, torch.ones(2, 16, dtype=torch.bool))
+    ids = torch.randint(5, 50, (2, 10))
+    positions, labels = torch.tensor([[1, 3], [2, 4]]), torch.randint(5, 50, (2, 2))
+    dense_labels = torch.full_like(ids, -100).scatter(1, positions, labels)
+    with torch.no_grad():
+        sparse = model(input_ids=ids, attention_mask=torch.ones_like(ids), mlm_positions=positions, mlm_labels=labels)
+        dense = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=dense_labels)
+    assert torch.isfinite(sparse.loss) and torch.allclose(sparse.loss, dense.loss, atol=1e-6)
