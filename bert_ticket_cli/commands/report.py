@@ -174,10 +174,7 @@ def _tickets(cfg: ReportConfig, root: Path, rows: list[dict], index: Path) -> in
         if any(r["verdict"] == tickets_view.NO_VERDICT for r in flat):
             console.print("verdict -: fewer than 2 seeds on one side (one seed has no std) or no full model "
                           "of the same experiment: no verdict")
-        open_runs = sum(1 for r in records(index, include_unfinished=True)
-                        if r.get("status") in (INTERRUPTED, UNFINISHED))
-        if open_runs:
-            console.print(f"{open_runs} interrupted / unfinished run(s) not counted: report view=runs lists them")
+        _print_open_runs(console, index)
     if cfg.plot:
         from bert_ticket_cli.artifacts import plots
 
@@ -300,10 +297,7 @@ def _super_tickets(cfg: ReportConfig, root: Path, rows: list[dict], index: Path)
                 t.add_row(*stv.display_row(r))
             console.print(t)
             console.print(stv.verdict(e))
-        open_runs = sum(1 for r in records(index, include_unfinished=True)
-                        if r.get("status") in (INTERRUPTED, UNFINISHED))
-        if open_runs:
-            console.print(f"{open_runs} interrupted / unfinished run(s) not counted: report view=runs lists them")
+        _print_open_runs(console, index)
     if cfg.plot:
         from bert_ticket_cli.artifacts import plots
 
@@ -363,3 +357,11 @@ def _machine_readable(cfg: ReportConfig, flat: list[dict], fields: list[str]) ->
             writer.writerow([r.get(k) for k in fields])
         return True
     return False
+
+
+def _print_open_runs(console, index: Path) -> None:
+    """The aggregate views count finished runs only: say how many others there are."""
+    open_runs = sum(1 for r in records(index, include_unfinished=True)
+                    if r.get("status") in (INTERRUPTED, UNFINISHED))
+    if open_runs:
+        console.print(f"{open_runs} interrupted / unfinished run(s) not counted: report view=runs lists them")
