@@ -47,14 +47,31 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(p.startswith(".") or ".replaced-" in p for p in rel)
 
 
+def walk_files(root: Path, name: str) -> list[Path]:
+    """Every file called ``name`` below ``root``, sorted.  Symlinked folders are followed (runs
+    gathered from several places with ``ln -s`` are found), each real folder once, so a link
+    cycle ends."""
+    seen: set[str] = set()
+    found = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        if name in files:
+            found.append(Path(folder) / name)
+    return sorted(found)
+
+
 def find_summaries(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob(SUMMARY_FILE) if REPLACED_MARK not in str(p.parent))
+    return [p for p in walk_files(root, SUMMARY_FILE) if REPLACED_MARK not in str(p.parent)]
 
 
 def find_unfinished(root: Path) -> list[Path]:
     """Run folders with a stored config.yaml and no summary.json (not finished)."""
-    return sorted(p.parent for p in root.rglob("config.yaml")
-                  if not _hidden(p.parent, root) and not (p.parent / "summary.json").exists())
+    return [p.parent for p in walk_files(root, "config.yaml")
+            if not _hidden(p.parent, root) and not (p.parent / "summary.json").exists()]
 
 
 def _has_checkpoint(run: Path) -> bool:

@@ -144,12 +144,13 @@ def pick_super_ticket(root: Path, task: str, cfg: RunConfig) -> Path | None:
     with the best mean dev score over seeds (ties: the lower level), the ticket of the run with
     this run's seed when there is one (else the lowest seed's).  None when ``root`` holds no run
     of the task; several experiments of the task (other settings) are a UserError."""
+    from bert_ticket_cli.artifacts.index import walk_files
     from bert_ticket_cli.artifacts.paths import flatten
 
     if not root.is_dir():
         raise UserError(f"multitask.tickets_from={root} is not a folder of runs")
     found = []
-    for path in root.rglob("summary.json"):
+    for path in walk_files(root, "summary.json"):
         try:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -155,6 +155,13 @@ def test_tickets_picked_from_super_ticket_runs(setup, tmp_path):
     # level 0.3: mean 0.835 beats 0.81; this run's seed (2) has one
     assert pick_super_ticket(runs, "sst2", cfg) == runs / "prune" / "sst2-s2" / "tickets" / "winning-0.30"
     assert pick_super_ticket(runs, "rte", cfg) is None
+    # runs gathered with symlinks are found (and a link cycle ends)
+    gathered = tmp_path / "gathered"
+    gathered.mkdir()
+    for seed in (1, 2):
+        (gathered / f"sst2-s{seed}").symlink_to(runs / "prune" / f"sst2-s{seed}")
+    (gathered / "loop").symlink_to(gathered)
+    assert pick_super_ticket(gathered, "sst2", cfg) == runs / "prune" / "sst2-s2" / "tickets" / "winning-0.30"
     other = runs / "prune" / "sst2-other" / "levels" / "winning-0.10"
     other.mkdir(parents=True)
     (other / "summary.json").write_text(json.dumps({

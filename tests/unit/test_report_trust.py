@@ -94,6 +94,17 @@ def test_different_training_settings_are_never_pooled(tmp_path, capsys):
     assert code == 0 and "n=1, no std" in text and ">= full" not in text and "0.5150" not in text
 
 
+def test_runs_gathered_with_symlinks_are_reported_once(tmp_path, capsys):
+    """Run folders linked in from elsewhere (``ln -s``) are indexed; a link cycle ends."""
+    out, elsewhere = tmp_path / "runs", tmp_path / "scratch"
+    prune(out, [0.80, 0.82], "method=imp", "seed=1", "train.max_steps=8")
+    theirs = prune(elsewhere, [0.82, 0.83], "method=imp", "seed=2", "train.max_steps=8")
+    (out / "prune" / theirs.root.name).symlink_to(theirs.root)
+    (out / "prune" / "loop").symlink_to(out)
+    imp = next(r for r in tickets_json(capsys, out) if r["method"] == "imp")
+    assert imp["n"] == 2 and imp["mean"] == pytest.approx(0.825)
+
+
 def test_prune_settings_split_a_cell(tmp_path, capsys):
     """Two IMP seeds that differ in the rewind point are two rows, never one mean."""
     out = tmp_path / "runs"
