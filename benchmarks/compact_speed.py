@@ -53,6 +53,7 @@ Run::
     .venv/bin/python benchmarks/compact_speed.py --quick    # 4 layers, hidden 384, seq 64: under a minute
     .venv/bin/python benchmarks/compact_speed.py            # BERT-base, seq 128, batch 8: ~1.5 minutes on 2 cores
     .venv/bin/python benchmarks/compact_speed.py --device cuda --bf16
+    .venv/bin/python benchmarks/compact_speed.py --layers 6 --hidden 384 --heads-removed 3 --ffn-removed 0.2  # a MiniLM-shaped model, milder slimming
 """
 
 from __future__ import annotations
@@ -99,14 +100,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]
     p.add_argument("--batch-size", type=int, help=f"examples per step (default {DEFAULT['batch_size']})")
     p.add_argument("--seq-len", type=int, help=f"tokens per example (default {DEFAULT['seq_len']}; "
                                                f"quick {QUICK['seq_len']})")
+    p.add_argument("--layers", type=int, help=f"encoder layers (default {DEFAULT['layers']}; quick {QUICK['layers']})")
+    p.add_argument("--hidden", type=int, help="hidden size (intermediate = 4 x hidden; default "
+                                              f"{DEFAULT['hidden']}; quick {QUICK['hidden']}; 12 heads)")
+    p.add_argument("--heads-removed", type=int, help=f"heads removed in every layer, of 12 (default {HEADS_REMOVED})")
+    p.add_argument("--ffn-removed", type=float, help=f"fraction of all FFN neurons removed (default {FFN_REMOVED})")
     p.add_argument("--device", default="cpu", help="torch device (cpu; cuda works too)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (meant for a GPU)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     size = dict(QUICK if args.quick else DEFAULT)
-    for key in ("rounds", "steps", "warmup_steps", "batch_size", "seq_len"):
+    size.update(heads_removed=HEADS_REMOVED, ffn_removed=FFN_REMOVED)
+    for key in ("rounds", "steps", "warmup_steps", "batch_size", "seq_len", "layers", "hidden", "heads_removed",
+                "ffn_removed"):
         if getattr(args, key) is not None:
             size[key] = getattr(args, key)
+    size["intermediate"] = 4 * size["hidden"]
+    if size["hidden"] % size["heads"] or not 1 <= size["layers"]:
+        p.error("--hidden must be a multiple of 12 and --layers >= 1")
+    if not 0 <= size["heads_removed"] < size["heads"] or not 0 <= size["ffn_removed"] < 1:
+        p.error("--heads-removed must be in [0, 12) and --ffn-removed in [0, 1)")
     if min(size["rounds"], size["steps"], size["warmup_steps"], size["batch_size"]) < 1:
         p.error("--rounds, --steps, --warmup-steps and --batch-size must be >= 1")
     if not 4 <= size["seq_len"] <= 512:
@@ -128,15 +141,15 @@ def build_dense(size: dict):
 
 
 def structure(size: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kept heads [layers, heads] (``HEADS_REMOVED`` random ones off per layer) and kept
-    neurons [layers, intermediate] (``round(FFN_REMOVED * all)`` random ones off, globally)."""
+    """Kept heads [layers, heads] (``heads_removed`` random ones off per layer) and kept
+    neurons [layers, intermediate] (``round(ffn_removed * all)`` random ones off, globally)."""
     g = torch.Generator().manual_seed(seed)
     layers, n_heads, inter = size["layers"], size["heads"], size["intermediate"]
     heads = torch.ones(layers, n_heads, dtype=torch.bool)
     for i in range(layers):
-        heads[i, torch.randperm(n_heads, generator=g)[:HEADS_REMOVED]] = False
+        heads[i, torch.randperm(n_heads, generator=g)[:size["heads_removed"]]] = False
     neurons = torch.ones(layers * inter, dtype=torch.bool)
-    neurons[torch.randperm(layers * inter, generator=g)[:round(FFN_REMOVED * layers * inter)]] = False
+    neurons[torch.randperm(layers * inter, generator=g)[:round(size["ffn_removed"] * layers * inter)]] = False
     return heads, neurons.view(layers, inter)
 
 
@@ -261,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     n_removed = int((~neurons).sum())
     _common.log(f"[{BENCHMARK}] {'quick' if args.quick else 'default'} size: {size}; device {args.device}"
                 f"{' bf16' if args.bf16 else ''}, attention {attn}; dense {sides['dense'].n_params / 1e6:.2f}M params, "
-                f"compact {sides['compact'].n_params / 1e6:.2f}M ({HEADS_REMOVED} heads per layer and {n_removed} "
+                f"compact {sides['compact'].n_params / 1e6:.2f}M ({size['heads_removed']} heads per layer and {n_removed} "
                 f"neurons removed); torch threads {torch.get_num_threads()}")
 
     train_pooled, train_rounds = measure("train", sides, size)
@@ -290,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"structured compaction: {size['layers']} layers, hidden {size['hidden']}, "
                         f"{size['heads']} heads, intermediate {size['intermediate']}, seq {size['seq_len']}, "
                         f"batch {size['batch_size']}; "
-                        f"compact: {HEADS_REMOVED} heads per layer and {FFN_REMOVED:.0%} of FFN neurons removed; "
+                        f"compact: {size['heads_removed']} heads per layer and {size['ffn_removed']:.0%} of FFN neurons removed; "
                         f"{args.device}{' bf16' if args.bf16 else ''}, {attn}, {torch.get_num_threads()} threads",
                   caption=f"{size['rounds']} alternating rounds of {size['steps']} timed step(s) per side per "
                           f"measurement after {size['warmup_steps']} warm-up steps; "
@@ -344,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         "final_loss": {k: round(v, 5) for k, v in final_loss.items()},
         "wall_s": round(wall_s, 1),
         "config": {**size, "dense_params": sides["dense"].n_params, "compact_params": sides["compact"].n_params,
-                   "heads_removed_per_layer": HEADS_REMOVED, "ffn_removed": FFN_REMOVED,
+                   "heads_removed_per_layer": size["heads_removed"],
                    "ffn_neurons_removed": n_removed, "compact_heads": sizes["heads"],
                    "compact_intermediate": sizes["intermediate"], "attention": attn, "device": args.device,
                    "bf16": bool(args.bf16), "optimizer": "AdamW(fused=True)", "lr": LR, "seed": args.seed},
