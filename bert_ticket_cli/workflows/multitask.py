@@ -132,11 +132,10 @@ def resolve_tickets(cfg: RunConfig) -> dict[str, Any]:
     return tickets
 
 
-#: Settings of a super-ticket run that do not make it another experiment.
-_NOT_EXPERIMENT = ("seed", "run_name", "output_dir", "resume", "overwrite", "cache_dir", "engine", "verb",
-                   "method.random_seed", "method.kinds", "method.train_tickets", "method.save_models",
-                   "train.log_every", "train.save_every", "train.keep_checkpoints", "train.eval_every",
-                   "train.micro_batch_size")
+#: Settings of a super-ticket run that do not make it another experiment, beyond the ones that
+#: never change a result (``artifacts.paths.NON_IDENTITY_KEYS``: run control, tracking, launcher).
+_NOT_EXPERIMENT = ("seed", "engine", "method.random_seed", "method.kinds", "method.train_tickets",
+                   "method.save_models", "train.eval_every", "train.micro_batch_size")
 
 
 def pick_super_ticket(root: Path, task: str, cfg: RunConfig) -> Path | None:
@@ -145,7 +144,7 @@ def pick_super_ticket(root: Path, task: str, cfg: RunConfig) -> Path | None:
     this run's seed when there is one (else the lowest seed's).  None when ``root`` holds no run
     of the task; several experiments of the task (other settings) are a UserError."""
     from bert_ticket_cli.artifacts.index import walk_files
-    from bert_ticket_cli.artifacts.paths import flatten
+    from bert_ticket_cli.artifacts.paths import flatten, is_identity_key
 
     if not root.is_dir():
         raise UserError(f"multitask.tickets_from={root} is not a folder of runs")
@@ -163,7 +162,8 @@ def pick_super_ticket(root: Path, task: str, cfg: RunConfig) -> Path | None:
     def experiment(rec: dict[str, Any]) -> str:
         flat = flatten(rec.get("config") or {})
         return json.dumps({k: v for k, v in sorted(flat.items())
-                           if not any(k == n or k.startswith(n + ".") for n in _NOT_EXPERIMENT)}, default=str)
+                           if is_identity_key(k) and not any(k == n or k.startswith(n + ".") for n in _NOT_EXPERIMENT)},
+                          default=str)
 
     experiments = {experiment(r) for r in found}
     if len(experiments) > 1:

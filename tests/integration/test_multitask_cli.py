@@ -150,7 +150,10 @@ def test_tickets_picked_from_super_ticket_runs(setup, tmp_path):
             t = _ticket(runs / "prune" / f"sst2-s{seed}" / "tickets" / f"winning-{level:.2f}", seed)
             (d / "summary.json").write_text(json.dumps({
                 "role": "super_ticket", "kind": "winning", "task": "sst2", "level": level, "seed": seed,
-                "main_value": value, "ticket": str(t), "config": {"seed": seed, "train": {"lr": 5e-5}}}))
+                "main_value": value, "ticket": str(t), "config": {"seed": seed, "train": {"lr": 5e-5},
+                                                                  # run control: not another experiment
+                                                                  "tracking": {"project": f"p{seed}"},
+                                                                  "launcher": {"name": "local"} if seed == 2 else None}}))
     cfg = validate(compose("rewind", ["seed=2"]), "rewind")
     # level 0.3: mean 0.835 beats 0.81; this run's seed (2) has one
     assert pick_super_ticket(runs, "sst2", cfg) == runs / "prune" / "sst2-s2" / "tickets" / "winning-0.30"
