@@ -18,10 +18,12 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Config keys that do not make another experiment: the seed, the ticket choice, run control.
-NOT_EXPERIMENT = ("seed", "run_name", "output_dir", "resume", "overwrite", "cache_dir", "engine", "verb",
-                  "tracking", "launcher", "multitask.tickets", "multitask.tickets_from", "train.log_every",
-                  "train.save_every", "train.keep_checkpoints", "train.eval_every", "train.micro_batch_size")
+from bert_ticket_cli.artifacts import paths
+
+#: Config keys that do not make another experiment beyond run control (``paths.NON_IDENTITY_KEYS``):
+#: the seed, the ticket choice.
+NOT_EXPERIMENT = ("seed", "engine", "multitask.tickets", "multitask.tickets_from", "train.eval_every",
+                  "train.micro_batch_size")
 ARMS = ("dense", "tickets-share")
 
 
@@ -66,8 +68,7 @@ def _config(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def experiment_settings(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in _config(row).items()
-            if not any(k == n or k.startswith(n + ".") for n in NOT_EXPERIMENT)}
+    return paths.experiment_settings(_config(row), NOT_EXPERIMENT)
 
 
 def included(row: dict[str, Any]) -> bool:

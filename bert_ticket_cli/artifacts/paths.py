@@ -196,9 +196,20 @@ NON_IDENTITY_KEYS = (
 IDENTITY_HASH_LEN = 8
 
 
+def under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether a dotted config key is one of ``prefixes`` or inside one (``train`` holds ``train.lr``)."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def is_identity_key(key: str) -> bool:
     """Whether a dotted config key is part of a run's identity (see :data:`NON_IDENTITY_KEYS`)."""
-    return not any(key == k or key.startswith(k + ".") for k in NON_IDENTITY_KEYS)
+    return not under(key, NON_IDENTITY_KEYS)
+
+
+def experiment_settings(flat: dict[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings of a flattened stored config that make its experiment: the identity keys
+    (:func:`is_identity_key`) but those ``under`` ``ignore`` (e.g. the seed, for pooling seeds)."""
+    return {k: v for k, v in flat.items() if is_identity_key(k) and not under(k, ignore)}
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

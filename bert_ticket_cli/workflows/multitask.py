@@ -144,7 +144,7 @@ def pick_super_ticket(root: Path, task: str, cfg: RunConfig) -> Path | None:
     this run's seed when there is one (else the lowest seed's).  None when ``root`` holds no run
     of the task; several experiments of the task (other settings) are a UserError."""
     from bert_ticket_cli.artifacts.index import walk_files
-    from bert_ticket_cli.artifacts.paths import flatten, is_identity_key
+    from bert_ticket_cli.artifacts.paths import experiment_settings, flatten
 
     if not root.is_dir():
         raise UserError(f"multitask.tickets_from={root} is not a folder of runs")
@@ -160,10 +160,8 @@ def pick_super_ticket(root: Path, task: str, cfg: RunConfig) -> Path | None:
         return None
 
     def experiment(rec: dict[str, Any]) -> str:
-        flat = flatten(rec.get("config") or {})
-        return json.dumps({k: v for k, v in sorted(flat.items())
-                           if is_identity_key(k) and not any(k == n or k.startswith(n + ".") for n in _NOT_EXPERIMENT)},
-                          default=str)
+        settings = experiment_settings(flatten(rec.get("config") or {}), _NOT_EXPERIMENT)
+        return json.dumps(sorted(settings.items()), default=str)
 
     experiments = {experiment(r) for r in found}
     if len(experiments) > 1:
